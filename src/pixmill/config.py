@@ -1,0 +1,81 @@
+"""Settings: defaults, then PIXMILL_* environment variables, then command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Settings", "load_settings"]
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything pixmill can be configured with, and its default."""
+
+    data_dir: Path = Path("pixmill-data")
+    engine: str = "mpi"                       # "mpi" or "local"
+    workers: int = 0                          # 0: one per core
+    host: str = "127.0.0.1"
+    port: int = 5000
+    max_pixels: int = 100_000_000             # per image, read from the header before decoding
+    max_files: int = 100                      # per job
+    max_file_bytes: int = 50 * MB             # per uploaded file
+    max_request_bytes: int = 500 * MB         # per request
+    quota_bytes: int = 10 * 1024 * MB         # the data dir's blobs
+    ttl_seconds: int = 24 * 3600              # jobs older than this are deleted with their blobs
+    task_timeout: float = 60.0                # seconds one task may run
+    max_attempts: int = 3                     # worker crashes before a task fails
+    lease_seconds: float = 30.0               # a claimed task returns to the queue after this without renewal
+    api_tokens: tuple[str, ...] = field(default=())  # empty: no tokens needed
+    threads: int = 8                          # waitress threads
+
+    def with_overrides(self, **values: Any) -> "Settings":
+        """A copy with the given values, ignoring those that are None."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def worker_count(self) -> int:
+        """The number of workers to start: the setting, or one per core."""
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database inside the data dir."""
+        return self.data_dir / "pixmill.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        """The folder of input and result blobs inside the data dir."""
+        return self.data_dir / "blobs"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the defaults, PIXMILL_* variables in environ, then the given overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = environ.get(f"PIXMILL_{f.name.upper()}")
+        if raw is None:
+            continue
+        values[f.name] = _convert(f.name, f.type, raw)
+    return Settings(**values).with_overrides(**overrides)
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if "Path" in kind:
+            return Path(raw)
+        if "tuple" in kind:
+            return tuple(t.strip() for t in raw.split(",") if t.strip())
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"PIXMILL_{name.upper()} must be a {kind}, got {raw!r}") from None
+    return raw
