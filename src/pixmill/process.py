@@ -24,7 +24,6 @@ class Output:
 
     format: str = "auto"
     quality: int = 90
-    keep_metadata: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in OUTPUT_FORMATS:
