@@ -1,1 +1,47 @@
-"""Placeholder until written."""
+"""Filters: sharpening and noise removal."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .registry import Param, operation
+
+
+@operation("sharpen", "Unsharp mask: add back the difference from a blurred copy",
+           Param("amount", "float", 1.0, "strength; 0 leaves the image unchanged", min=0, max=10),
+           Param("radius", "float", 1.0, "blur radius (Gaussian sigma) in pixels", min=0.1, max=50),
+           alpha="split")
+def sharpen(image, *, amount, radius):
+    soft = cv2.GaussianBlur(image, (0, 0), radius)
+    return cv2.addWeighted(image, 1 + amount, soft, -amount, 0)
+
+
+@operation("median", "Median filter: removes salt-and-pepper noise, keeps edges",
+           Param("ksize", "int", 5, "window size in pixels (16-bit images keep full precision up to 5)",
+                 min=3, max=99, odd=True),
+           alpha="split")
+def median(image, *, ksize):
+    if image.dtype == np.uint8 or ksize <= 5:
+        return cv2.medianBlur(image, ksize)
+    # OpenCV's median takes 16 bits only for windows of 3 and 5: larger ones run on the high byte
+    return cv2.medianBlur((image >> 8).astype(np.uint8), ksize).astype(np.uint16) * 257
+
+
+@operation("bilateral", "Bilateral filter: smooths flat areas and keeps edges sharp",
+           Param("d", "int", 9, "diameter of the pixel neighbourhood", min=1, max=25),
+           Param("sigma_color", "float", 75.0, "how different colours may be and still mix", min=1, max=300),
+           Param("sigma_space", "float", 75.0, "how far apart pixels may be and still mix", min=1, max=300),
+           depth16=False, alpha="split")
+def bilateral(image, *, d, sigma_color, sigma_space):
+    return cv2.bilateralFilter(image, d, sigma_color, sigma_space)
+
+
+@operation("denoise", "Non-local means denoising (slow on large images)",
+           Param("strength", "float", 10.0, "filter strength h; higher removes more noise and detail",
+                 min=1, max=50),
+           depth16=False, alpha="split")
+def denoise(image, *, strength):
+    if image.ndim == 2:
+        return cv2.fastNlMeansDenoising(image, None, strength, 7, 21)
+    return cv2.fastNlMeansDenoisingColored(image, None, strength, strength, 7, 21)

@@ -1,1 +1,25 @@
-"""Placeholder until written."""
+"""Morphology: erosion, dilation and the operations built from them."""
+
+from __future__ import annotations
+
+import cv2
+
+from .registry import Param, operation
+
+_MORPH = {"erode": cv2.MORPH_ERODE, "dilate": cv2.MORPH_DILATE, "open": cv2.MORPH_OPEN,
+          "close": cv2.MORPH_CLOSE, "gradient": cv2.MORPH_GRADIENT, "tophat": cv2.MORPH_TOPHAT,
+          "blackhat": cv2.MORPH_BLACKHAT}
+_SHAPES = {"rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MORPH_CROSS}
+
+
+@operation("morphology", "Morphological operation with a structuring element",
+           Param("op", "choice", "open", "erode shrinks light areas, dilate grows them, open removes "
+                 "light specks, close fills dark holes, gradient outlines, tophat/blackhat keep small details",
+                 choices=tuple(_MORPH)),
+           Param("ksize", "int", 3, "structuring element size in pixels", min=1, max=99, odd=True),
+           Param("shape", "choice", "rect", "structuring element shape", choices=tuple(_SHAPES)),
+           Param("iterations", "int", 1, "how many times to apply it", min=1, max=20),
+           alpha="split")
+def morphology(image, *, op, ksize, shape, iterations):
+    kernel = cv2.getStructuringElement(_SHAPES[shape], (ksize, ksize))
+    return cv2.morphologyEx(image, _MORPH[op], kernel, iterations=iterations)

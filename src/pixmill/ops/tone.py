@@ -1,1 +1,120 @@
-"""Placeholder until written."""
+"""Tone and colour: operations that remap pixel values without moving them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .classic import to_gray
+from .registry import Param, operation
+
+
+def apply_curve(image: np.ndarray, curve: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Map every value through curve, a function of values scaled to 0..1, at the image's own depth."""
+    top = np.iinfo(image.dtype).max
+    values = np.arange(top + 1, dtype=np.float64) / top
+    lut = np.clip(np.rint(curve(values) * top), 0, top).astype(image.dtype)
+    return cv2.LUT(image, lut) if image.dtype == np.uint8 else lut[image]
+
+
+def to_depth(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip float values (in the dtype's units) back to the integer dtype."""
+    return np.clip(np.rint(values), 0, np.iinfo(dtype).max).astype(dtype)
+
+
+@operation("brightness_contrast", "Adjust brightness and contrast",
+           Param("brightness", "int", 10, "added light: -100 is black, 100 is white", min=-100, max=100),
+           Param("contrast", "int", 10, "spread around mid-gray: -100 is flat gray, 100 is 4×", min=-100, max=100),
+           alpha="split")
+def brightness_contrast(image, *, brightness, contrast):
+    factor = ((100 + contrast) / 100) ** 2
+    return apply_curve(image, lambda x: (x - 0.5) * factor + 0.5 + brightness / 100)
+
+
+@operation("gamma", "Gamma correction: above 1 brightens the mid-tones, below 1 darkens them",
+           Param("gamma", "float", 1.5, "gamma; 1 leaves the image unchanged", min=0.1, max=5),
+           alpha="split")
+def gamma(image, *, gamma):
+    return apply_curve(image, lambda x: x ** (1 / gamma))
+
+
+@operation("equalize", "Adaptive histogram equalization (CLAHE); colour images on the L channel of Lab",
+           Param("clip_limit", "float", 2.0, "contrast limit per tile; higher is stronger", min=0.1, max=40),
+           Param("tiles", "int", 8, "the image is split into tiles×tiles regions", min=1, max=32),
+           alpha="split")
+def equalize(image, *, clip_limit, tiles):
+    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
+    if image.ndim == 2:
+        return clahe.apply(image)
+    if image.dtype == np.uint8:
+        lab = cv2.cvtColor(image, cv2.COLOR_BGR2Lab)
+        lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+        return cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)
+    # OpenCV's Lab is 8-bit or float: equalize a 16-bit copy of L to keep the precision
+    lab = cv2.cvtColor(image.astype(np.float32) / 65535, cv2.COLOR_BGR2Lab)
+    light = to_depth(lab[..., 0] * (65535 / 100), np.uint16)
+    lab[..., 0] = clahe.apply(light).astype(np.float32) * (100 / 65535)
+    return to_depth(cv2.cvtColor(lab, cv2.COLOR_Lab2BGR) * 65535, np.uint16)
+
+
+@operation("posterize", "Reduce each channel to a few evenly spaced levels",
+           Param("levels", "int", 4, "number of levels per channel", min=2, max=64),
+           alpha="split")
+def posterize(image, *, levels):
+    return apply_curve(image, lambda x: np.minimum(np.floor(x * levels), levels - 1) / (levels - 1))
+
+
+def stretch_bounds(channel: np.ndarray, cutoff: float) -> tuple[int, int]:
+    """The values below which and above which cutoff percent of the pixels lie."""
+    cdf = np.cumsum(np.bincount(channel.ravel(), minlength=np.iinfo(channel.dtype).max + 1))
+    total = cdf[-1]
+    low = int(np.searchsorted(cdf, total * cutoff / 100, side="right"))
+    high = int(np.searchsorted(cdf, total * (1 - cutoff / 100), side="left"))
+    return low, high
+
+
+def _stretch_lut(low: int, high: int, dtype: np.dtype) -> np.ndarray:
+    top = np.iinfo(dtype).max
+    values = np.arange(top + 1, dtype=np.float64)
+    if high <= low:
+        return values.astype(dtype)
+    return to_depth((values - low) * top / (high - low), dtype)
+
+
+@operation("autocontrast", "Stretch the values so the darkest become black and the lightest white",
+           Param("cutoff", "float", 1.0, "percent of pixels ignored at each end", min=0, max=45),
+           Param("mode", "choice", "luminance",
+                 "luminance keeps the colours; per_channel also corrects a colour cast",
+                 choices=("luminance", "per_channel")),
+           alpha="split")
+def autocontrast(image, *, cutoff, mode):
+    if mode == "luminance" or image.ndim == 2:
+        return _stretch_lut(*stretch_bounds(to_gray(image), cutoff), image.dtype)[image]
+    luts = np.stack([_stretch_lut(*stretch_bounds(np.ascontiguousarray(image[..., c]), cutoff), image.dtype)
+                     for c in range(image.shape[2])])
+    return luts[np.arange(image.shape[2]), image]
+
+
+@operation("saturation", "Make colours more vivid (above 1) or duller (below 1; 0 is gray)",
+           Param("factor", "float", 1.5, "saturation factor; 1 leaves the image unchanged", min=0, max=4),
+           alpha="split")
+def saturation(image, *, factor):
+    if image.ndim == 2:
+        return image.copy()
+    values = image.astype(np.float32)
+    gray = cv2.cvtColor(values, cv2.COLOR_BGR2GRAY)[..., None]
+    return to_depth(gray + (values - gray) * factor, image.dtype)
+
+
+@operation("hue_shift", "Turn every hue around the colour wheel",
+           Param("degrees", "float", 90.0, "angle on the colour wheel", min=-180, max=180),
+           alpha="split")
+def hue_shift(image, *, degrees):
+    if image.ndim == 2:
+        return image.copy()
+    top = np.iinfo(image.dtype).max
+    hsv = cv2.cvtColor(image.astype(np.float32) / top, cv2.COLOR_BGR2HSV)
+    hsv[..., 0] = (hsv[..., 0] + degrees) % 360
+    return to_depth(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR) * top, image.dtype)
