@@ -48,7 +48,7 @@ class BatchReport:
         return [o for o in self.outcomes if not o.error]
 
 
-def collect_inputs(paths: Iterable[Path], *, exclude: Path | None = None) -> list[Path]:
+def collect_inputs(paths: Iterable[Path]) -> list[Path]:
     """The files named, plus the image files directly inside each directory named, without repeats."""
     found: dict[Path, None] = {}
     for path in paths:
@@ -58,9 +58,6 @@ def collect_inputs(paths: Iterable[Path], *, exclude: Path | None = None) -> lis
                     found.setdefault(child.resolve(), None)
         else:
             found.setdefault(path.resolve(), None)
-    if exclude is not None:
-        exclude = exclude.resolve()
-        return [p for p in found if exclude not in p.parents]
     return list(found)
 
 

@@ -50,7 +50,7 @@ def run(inputs: tuple[Path, ...], spec: str, out_dir: Path, engine: str | None, 
         pipeline = parse_pipeline(spec)
     except PixmillError as exc:
         raise click.BadParameter(exc.message, param_hint="--pipeline") from None
-    sources = collect_inputs(inputs, exclude=out_dir)
+    sources = collect_inputs(inputs)
     if not sources:
         raise click.UsageError("no image files found in the inputs given")
     count = min(settings.worker_count(), len(sources))

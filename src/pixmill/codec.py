@@ -10,6 +10,7 @@ truncated data.  Outputs are encoded with OpenCV and carry no metadata.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass, field
 
@@ -103,6 +104,8 @@ def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
                                     "an unusual compression or a damaged directory)") from None
         raise CorruptImage(f"the {fmt.upper()} header is damaged and cannot be read") from None
     except Exception as exc:
+        if isinstance(exc, (EOFError, struct.error)) or "truncated" in str(exc).lower():
+            raise CorruptImage(f"the {fmt.upper()} is truncated: the file ends inside its header") from None
         raise CorruptImage(f"the {fmt.upper()} header is damaged ({_reason(exc)})") from None
     if _PILLOW_FORMATS.get(pillow_format or "") != fmt:
         raise UnsupportedFormat(f"not a supported image: the header is {pillow_format}; pixmill accepts {ACCEPTED}")

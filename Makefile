@@ -1,0 +1,39 @@
+# The two commands of a fresh machine: `make serve` and `make test`. Both install what is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install serve demo test test-fast browser-deps bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+serve: install
+	$(VENV)/bin/pixmill serve
+
+demo: install
+	$(VENV)/bin/pixmill run src/pixmill/samples --pipeline "grayscale | blur(ksize=7)" --out demo-out
+
+browser-deps:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser-deps
+	$(VENV)/bin/pytest -q
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not mpi and not browser and not slow"
+
+bench: install
+	$(PY) benchmarks/bench_run.py
+
+clean:
+	rm -rf $(VENV) demo-out pixmill-data
