@@ -41,8 +41,9 @@ def sepia(image, *, strength):
            alpha="split")
 def vignette(image, *, strength, radius):
     height, width = image.shape[:2]
-    y = (np.arange(height, dtype=np.float32) - (height - 1) / 2) / max(height / 2, 1)
-    x = (np.arange(width, dtype=np.float32) - (width - 1) / 2) / max(width / 2, 1)
+    # -1..1 from the first to the last pixel centre, so the corner pixels get the full strength
+    y = (np.arange(height, dtype=np.float32) - (height - 1) / 2) / ((height - 1) / 2 or 1)
+    x = (np.arange(width, dtype=np.float32) - (width - 1) / 2) / ((width - 1) / 2 or 1)
     distance = np.sqrt(y[:, None] ** 2 + x[None, :] ** 2) / np.sqrt(2)
     mask = 1 - strength * np.clip(distance / radius, 0, 1) ** 2
     if image.ndim == 3:

@@ -1,0 +1,63 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+from pixmill.ops import Operation, Param
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder of test files copied from the shared corpus (see data/SOURCES.md)."""
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def real_image() -> Callable[..., np.ndarray]:
+    """Load tests/data/real/NAME with cv2.imread (cached; each call returns a fresh copy)."""
+    cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def load(name: str, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+        if (name, flags) not in cache:
+            image = cv2.imread(str(DATA_DIR / "real" / name), flags)
+            assert image is not None, f"OpenCV cannot read tests/data/real/{name}"
+            cache[name, flags] = image
+        return cache[name, flags].copy()
+
+    return load
+
+
+def param_strategy(param: Param, *, cap: int | None = None) -> st.SearchStrategy:
+    """Values allowed for a declared parameter; cap bounds large integer ranges to keep images small."""
+    if param.kind == "choice":
+        values = st.sampled_from(param.choices)
+    elif param.kind == "bool":
+        values = st.booleans()
+    elif param.kind == "int":
+        high = int(param.max) if cap is None else int(min(param.max, max(param.min, cap)))
+        values = st.integers(int(param.min), high)
+        if param.odd:
+            values = values.map(lambda v: v if v % 2 else (v + 1 if v + 1 <= high else v - 1))
+    else:
+        values = st.floats(param.min, param.max, allow_nan=False, allow_infinity=False)
+    return st.none() | values if param.nullable else values
+
+
+def params_strategy(op: Operation, *, cap: int | None = None) -> st.SearchStrategy:
+    """Dicts of random values, within the declared ranges, for some or all of an operation's parameters."""
+    return st.fixed_dictionaries({}, optional={p.name: param_strategy(p, cap=cap) for p in op.params})
+
+
+@pytest.fixture(scope="session")
+def op_params() -> Callable[..., st.SearchStrategy]:
+    """params_strategy(op, cap=None): a hypothesis strategy for an operation's parameters."""
+    return params_strategy
