@@ -1,0 +1,210 @@
+"""The JSON API under /api/v1: the catalogue, jobs, their events, results and archives."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint
+from flask import Flask, Response, current_app, request, send_file, stream_with_context, url_for
+
+from ..codec import EXTENSIONS, MEDIA_TYPES
+from ..errors import ImageTooLarge, NotFound, PixmillError
+from ..ops import catalogue
+from ..store import JobView, TaskView
+from .archive import pipeline_slug, stream_archive
+from .events import job_events as event_stream
+from .present import job_json
+from .schemas import DownloadQuery, JobOut, OperationOut
+from .security import authenticate, current_owner, download_name
+from .services import services
+from .uploads import Upload, human_bytes, read_upload
+
+__all__ = ["bp", "init_app", "receive_upload", "result_response", "JobNotFinished"]
+
+bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="jobs")
+
+ERRORS = {400: "Bad request: malformed form, pipeline or parameter",
+          401: "A missing or wrong API token", 404: "No such job or task (or not yours)",
+          413: "Over a limit: files per job, bytes per file or request, or pixels",
+          415: "Not a supported image format", 422: "A damaged image, or a task that failed",
+          507: "The data dir's quota is used up"}
+
+
+class JobNotFinished(PixmillError):
+    """The archive of a job that is still running."""
+
+    status = 409
+    code = "job_not_finished"
+
+
+def init_app(app: Flask) -> None:
+    """Register the API blueprint."""
+    app.register_blueprint(bp)
+
+
+@bp.before_request
+def _authenticate() -> None:
+    authenticate(services().settings.api_tokens)
+
+
+def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
+    """Validate and store the request's upload, then record its job in one transaction."""
+    svc = services()
+    limit = svc.settings.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ImageTooLarge(f"the request is {human_bytes(request.content_length)}, over the "
+                            f"{human_bytes(limit)} per-request limit")
+    upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict)
+    try:
+        job = svc.store.create_job(upload.tasks, upload.output, owner=current_owner())
+    except BaseException:
+        svc.store.delete_blobs(upload.blobs)
+        raise
+    return job, upload
+
+
+def _task(job_id: str, n: int) -> tuple[JobView, TaskView]:
+    job = services().store.get_job(job_id, owner=current_owner())
+    if not 0 <= n < len(job.tasks):
+        raise NotFound(f"job {job_id} has no image number {n}; it has {len(job.tasks)} (0..{len(job.tasks) - 1})")
+    return job, job.tasks[n]
+
+
+def result_response(job_id: str, n: int, download: bool = False) -> Response:
+    """A result: 202 until it is ready, the image when done, 422 with the reason if it failed."""
+    _, task = _task(job_id, n)
+    state = str(getattr(task.state, "value", task.state))
+    if state == "done" and task.result_blob and task.result_format:
+        name = download_name(task.name, EXTENSIONS[task.result_format], pipeline_slug(task.pipeline))
+        return _send_blob(task.result_blob, task.result_format, name, download)
+    if state == "failed":
+        body = {"error": "task_failed", "message": f"{task.name}: {task.error or 'processing failed'}",
+                "state": state, "attempts": task.attempts}
+        return _json(body, 422)
+    if state == "cancelled":
+        raise NotFound(f"{task.name}: this image was cancelled and has no result")
+    body = {"state": state, "message": f"{task.name} is {state}; try again shortly",
+            "status_url": url_for("api.get_job", job_id=job_id, _external=True)}
+    response = _json(body, 202)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _send_blob(key: str, fmt: str, name: str, download: bool) -> Response:
+    response = send_file(services().store.blob_path(key), mimetype=MEDIA_TYPES[fmt], as_attachment=download,
+                         download_name=name, etag=key, conditional=True, max_age=3600)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    if not download:   # inline, but still with a safe name for "save as"
+        response.headers["Content-Disposition"] = f'inline; filename="{name}"'
+    return response
+
+
+def _json(body: dict, status: int) -> Response:
+    response = current_app.json.response(body)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/operations")
+@bp.output(OperationOut(many=True))
+@bp.doc(tags=["operations"], summary="The catalogue of operations and their parameters",
+        responses={401: ERRORS[401]})
+def list_operations():
+    """Every operation with its declared parameters: types, defaults and ranges."""
+    return catalogue()
+
+
+@bp.post("/jobs")
+@bp.output(JobOut, status_code=202, description="The job was accepted and queued")
+@bp.doc(summary="Upload images with an operation or pipeline each",
+        responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 507)})
+def create_job():
+    """Multipart: `files` repeated, with `operations` (one per file) or one `pipeline`; `format`, `quality`."""
+    job, _ = receive_upload(strict=True)
+    body = job_json(job)
+    return body, 202, {"Location": body["status_url"]}
+
+
+@bp.get("/jobs/<job_id>")
+@bp.output(JobOut)
+@bp.doc(summary="A job's state, counts and tasks", responses={401: ERRORS[401], 404: ERRORS[404]})
+def get_job(job_id: str):
+    """The job's state and counts, and per task its state, error, result URL, size and timings."""
+    return job_json(services().store.get_job(job_id, owner=current_owner()))
+
+
+@bp.get("/jobs/<job_id>/events")
+@bp.doc(summary="Server-Sent Events with the job's progress until it ends",
+        responses={200: {"description": "text/event-stream of 'progress' events (the job as JSON), "
+                                         "then 'end' (or 'gone' if the job was deleted)",
+                         "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                   401: ERRORS[401], 404: ERRORS[404]})
+def job_events(job_id: str):
+    """Stream the job's progress."""
+    svc = services()
+    owner = current_owner()
+    svc.store.get_job(job_id, owner=owner)          # 404 now rather than inside the stream
+    stream = event_stream(svc.store, job_id, owner, job_json, poll=svc.sse_poll, max_seconds=svc.sse_max_seconds)
+    response = Response(stream_with_context(stream), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+@bp.get("/jobs/<job_id>/tasks/<int:n>/result")
+@bp.input(DownloadQuery, location="query", arg_name="query")
+@bp.doc(summary="One result: 202 until ready, the image when done, 422 if it failed",
+        responses={200: {"description": "The image, with its exact content type and an ETag",
+                         "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                     for t in sorted(set(MEDIA_TYPES.values()))}},
+                   202: "Not ready yet: retry after the Retry-After seconds",
+                   304: "Not modified (If-None-Match)", 401: ERRORS[401], 404: ERRORS[404],
+                   422: "The image failed: the reason is in 'message'"})
+def get_result(job_id: str, n: int, query: dict):
+    """The processed image."""
+    return result_response(job_id, n, bool(query.get("download")))
+
+
+@bp.get("/jobs/<job_id>/tasks/<int:n>/source")
+@bp.input(DownloadQuery, location="query", arg_name="query")
+@bp.doc(summary="The uploaded image, as it was received",
+        responses={200: {"description": "The uploaded image with its detected content type",
+                         "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                     for t in sorted(set(MEDIA_TYPES.values()))}},
+                   304: "Not modified (If-None-Match)", 401: ERRORS[401], 404: ERRORS[404]})
+def get_source(job_id: str, n: int, query: dict):
+    """The source image."""
+    _, task = _task(job_id, n)
+    fmt = task.source_format if task.source_format in MEDIA_TYPES else None
+    if fmt is None:
+        raise NotFound(f"{task.name}: the source has no known image type")
+    return _send_blob(task.input_blob, fmt, download_name(task.name, EXTENSIONS[fmt]),
+                      bool(query.get("download")))
+
+
+@bp.get("/jobs/<job_id>/archive")
+@bp.doc(summary="A zip of every result of an ended job",
+        responses={200: {"description": "A zip; FAILED.txt inside lists the images without a result",
+                         "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                   401: ERRORS[401], 404: ERRORS[404], 409: "The job has not ended yet"})
+def get_archive(job_id: str):
+    """All results as one zip."""
+    svc = services()
+    job = svc.store.get_job(job_id, owner=current_owner())
+    if job.state not in ("done", "cancelled"):
+        counts = job.counts()
+        ended = sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+        raise JobNotFinished(f"job {job_id} is still {job.state}: {ended} of {len(job.tasks)} images have "
+                             f"ended; download the archive when the job has ended")
+    response = Response(stream_with_context(stream_archive(svc.store, job)), mimetype="application/zip")
+    response.headers["Content-Disposition"] = f'attachment; filename="pixmill-{job_id[:12]}.zip"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@bp.delete("/jobs/<job_id>")
+@bp.output({}, status_code=204, description="Cancelled, and its data deleted")
+@bp.doc(summary="Cancel a job and delete its images", responses={401: ERRORS[401], 404: ERRORS[404]})
+def delete_job(job_id: str):
+    """Cancel the job and delete its data."""
+    services().store.delete_job(job_id, owner=current_owner())
+    return "", 204

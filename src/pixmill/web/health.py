@@ -1,0 +1,87 @@
+"""/healthz and /metrics: is the store reachable and are workers alive, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from apiflask import APIBlueprint
+from flask import Flask, Response, current_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..store import Store
+from .schemas import HealthOut
+from .services import services
+
+__all__ = ["bp", "init_app", "StoreCollector", "BUCKETS"]
+
+log = logging.getLogger(__name__)
+
+bp = APIBlueprint("health", __name__, tag="monitoring")
+
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class StoreCollector(Collector):
+    """Reads the store's statistics at each scrape; holds no state of its own."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self):
+        """The metrics, from one call to Store.stats()."""
+        stats = self.store.stats()
+        tasks = GaugeMetricFamily("pixmill_tasks", "Tasks in the store, by state", labels=["state"])
+        for state, n in sorted(stats["tasks"].items()):
+            tasks.add_metric([state], n)
+        yield tasks
+        yield GaugeMetricFamily("pixmill_queue_depth", "Tasks waiting for a worker", value=stats["queue_depth"])
+        yield GaugeMetricFamily("pixmill_workers", "Pool workers of live dispatchers (by heartbeat)",
+                                value=stats["workers"])
+        durations = [d for d in stats["durations"] if d is not None and d >= 0]
+        buckets = [(str(bound), sum(1 for d in durations if d <= bound)) for bound in BUCKETS]
+        buckets.append(("+Inf", len(durations)))
+        # A gauge histogram: it describes the tasks finished in the store's recent window, so it may go down.
+        yield GaugeHistogramMetricFamily("pixmill_task_seconds",
+                                         "Processing time of the tasks finished in the last 5 minutes",
+                                         buckets=buckets, gsum_value=float(sum(durations)))
+        if "blob_bytes" in stats:
+            yield GaugeMetricFamily("pixmill_blob_bytes", "Bytes of images in the data dir",
+                                    value=stats["blob_bytes"])
+
+
+def init_app(app: Flask) -> None:
+    """Register /healthz and /metrics, with a metrics registry of this app's own."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(app.extensions["pixmill"].store))
+    app.extensions["pixmill.metrics"] = registry
+    app.register_blueprint(bp)
+
+
+@bp.get("/healthz")
+@bp.output(HealthOut, description="The store answers and at least one worker is alive")
+@bp.doc(summary="Health: the store and the workers",
+        responses={503: {"description": "The store does not answer, or no worker is alive",
+                         "content": {"application/json": {"schema": HealthOut}}}})
+def healthz():
+    """200 when the store answers and a worker is alive, else 503."""
+    store = services().store
+    try:
+        workers = store.workers_alive()
+    except Exception as exc:  # any failure of the store is what this endpoint reports
+        log.warning("health check: the store does not answer: %s", exc)
+        return {"status": "degraded", "store": f"error: {type(exc).__name__}", "workers": 0}, 503
+    body = {"status": "ok" if workers > 0 else "degraded", "store": "ok", "workers": workers}
+    return body, 200 if workers > 0 else 503
+
+
+@bp.get("/metrics")
+@bp.doc(summary="Prometheus metrics",
+        responses={200: {"description": "Prometheus text format",
+                         "content": {"text/plain": {"schema": {"type": "string"}}}}})
+def metrics():
+    """Tasks by state, queue depth, workers and a processing-time histogram."""
+    registry = current_app.extensions["pixmill.metrics"]
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Cache-Control": "no-store"})

@@ -1,0 +1,128 @@
+"""The shapes of the API's answers, for the generated OpenAPI document, and the upload form."""
+
+from __future__ import annotations
+
+from apiflask import Schema
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
+from apiflask.validators import OneOf
+
+from ..process import OUTPUT_FORMATS
+
+__all__ = ["ERROR_SCHEMA", "OperationOut", "JobOut", "UploadOut", "HealthOut", "DownloadQuery",
+           "job_form_schema", "upload_form_schema", "TASK_STATES"]
+
+TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "description": "a short code, e.g. too_large, unsupported_format"},
+        "message": {"type": "string", "description": "what was wrong, naming the file, step or limit"},
+    },
+    "required": ["error", "message"],
+}
+
+
+class ParamOut(Schema):
+    name = String(required=True)
+    type = String(required=True, metadata={"description": "int, float, choice or bool"})
+    default = Raw(allow_none=True)
+    description = String()
+    min = Float(allow_none=True)
+    max = Float(allow_none=True)
+    step = Integer()
+    odd = Boolean()
+    choices = List(String())
+    nullable = Boolean()
+
+
+class OperationOut(Schema):
+    name = String(required=True)
+    description = String()
+    family = String()
+    params = List(Nested(ParamOut))
+    supports_16bit = Boolean()
+    alpha = String(metadata={"description": "native: handles the alpha channel; split: alpha is kept aside"})
+
+
+class OutputOut(Schema):
+    format = String(validate=OneOf(OUTPUT_FORMATS))
+    quality = Integer()
+
+
+class TaskOut(Schema):
+    n = Integer(required=True, metadata={"description": "0-based index in upload order"})
+    name = String(required=True, metadata={"description": "the client's file name, as display text"})
+    pipeline = String(required=True)
+    state = String(required=True, validate=OneOf(TASK_STATES))
+    attempts = Integer()
+    error = String(allow_none=True)
+    width = Integer(allow_none=True)
+    height = Integer(allow_none=True)
+    source_format = String(allow_none=True)
+    result_format = String(allow_none=True)
+    notes = List(String())
+    created_at = Float()
+    started_at = Float(allow_none=True)
+    finished_at = Float(allow_none=True)
+    seconds = Float(allow_none=True, metadata={"description": "processing time of the last attempt"})
+    result_url = String(required=True)
+    source_url = String(required=True)
+
+
+class JobOut(Schema):
+    id = String(required=True)
+    state = String(required=True, validate=OneOf(("queued", "running", "done", "cancelled")))
+    created_at = Float()
+    output = Nested(OutputOut)
+    counts = Dict(keys=String(), values=Integer())
+    total = Integer()
+    ended = Integer(metadata={"description": "tasks done, failed or cancelled"})
+    status_url = String()
+    events_url = String()
+    archive_url = String()
+    tasks = List(Nested(TaskOut))
+
+
+class UploadOut(Schema):
+    message = String(required=True)
+    processed_files = List(String(), required=True,
+                           metadata={"description": "one URL per file: 202 until ready, then the image (or 422)"})
+    job_id = String()
+    status_url = String()
+
+
+class HealthOut(Schema):
+    status = String(required=True, validate=OneOf(("ok", "degraded")))
+    store = String()
+    workers = Integer()
+
+
+class DownloadQuery(Schema):
+    download = Boolean(load_default=False,
+                       metadata={"description": "serve as an attachment (Content-Disposition) instead of inline"})
+
+
+def job_form_schema(max_files: int) -> dict:
+    """The multipart form of POST /api/v1/jobs."""
+    return {
+        "type": "object",
+        "required": ["files"],
+        "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": max_files,
+                      "description": "the images (JPEG, PNG, WebP, GIF, BMP or TIFF), repeated"},
+            "operations": {"type": "array", "items": {"type": "string"},
+                           "description": "one per file, in the same order; each an operation or a pipeline, "
+                                          "e.g. 'grayscale | blur(ksize=7)'"},
+            "pipeline": {"type": "string", "description": "one pipeline for every file (instead of operations)"},
+            "format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "auto"},
+            "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
+        },
+    }
+
+
+def upload_form_schema(max_files: int) -> dict:
+    """The original application's multipart form of POST /upload."""
+    schema = job_form_schema(max_files)
+    schema["required"] = ["files", "operations"]
+    return schema

@@ -1,0 +1,265 @@
+"""Read a multipart upload as a stream, validate it at the edge and turn it into new tasks.
+
+Each file goes straight from the request body to the blob store: only its head is held in
+memory, to check its magic bytes and its header dimensions before anything is written.
+If any file or field is refused, the blobs already written are deleted, so a refused request
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+from .. import codec
+from ..config import Settings
+from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidRequest, PixmillError
+from ..pipeline import Pipeline, parse_pipeline
+from ..process import OUTPUT_FORMATS, Output
+from ..store import NewTask, Store
+
+__all__ = ["Upload", "read_upload", "human_bytes"]
+
+CHUNK = 64 * 1024
+HEAD_BYTES = 256 * 1024           # enough for the header of every format we accept, in practice
+MAX_FIELD_BYTES = 16 * 1024       # a pipeline is at most 4000 characters
+MAX_NAME_CHARS = 255
+FIELDS = ("files", "operations", "pipeline", "format", "quality")
+
+
+@dataclass
+class Upload:
+    """What a valid upload asked for: one new task per file, and how to encode the results."""
+
+    tasks: list[NewTask]
+    output: Output
+    blobs: list[str] = field(default_factory=list)
+
+
+def human_bytes(n: int) -> str:
+    """A byte count in words: '50 MB', '512 KB', '10 bytes'."""
+    for unit, size in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, store: Store, *,
+                strict: bool = True) -> Upload:
+    """Stream a multipart body into the blob store and validate it; on any refusal delete what was written."""
+    mimetype, options = parse_options_header(content_type or "")
+    boundary = options.get("boundary", "")
+    if mimetype != "multipart/form-data" or not boundary:
+        raise InvalidRequest("send the images as multipart/form-data, with 'files' repeated and "
+                             "'operations' (one per file) or one 'pipeline'")
+    upload = Upload(tasks=[], output=Output())
+    try:
+        _Reader(stream, boundary.encode(), settings, store, upload, strict).run()
+    except BaseException:
+        store.delete_blobs(upload.blobs)
+        raise
+    return upload
+
+
+class _Reader:
+    """One pass over the multipart events of one request."""
+
+    def __init__(self, stream: BinaryIO, boundary: bytes, settings: Settings, store: Store,
+                 upload: Upload, strict: bool) -> None:
+        self.stream, self.settings, self.store, self.upload, self.strict = stream, settings, store, upload, strict
+        self.decoder = MultipartDecoder(boundary, max_form_memory_size=4 * CHUNK)
+        self.received = 0
+        self.files: list[tuple[str, str, str]] = []         # (name, blob, format)
+        self.fields: dict[str, list[str]] = {}
+
+    def run(self) -> None:
+        events = self._events()
+        for event in events:
+            if isinstance(event, (Field, File)):
+                if event.name == "files":
+                    self._take_file(event, _PartReader(events))
+                else:
+                    self._take_field(event.name, _PartReader(events))
+        self._finish()
+
+    def _events(self) -> Iterator[object]:
+        while True:
+            try:
+                event = self.decoder.next_event()
+            except ValueError as exc:
+                raise InvalidRequest(f"the multipart body is malformed: {exc}") from None
+            if isinstance(event, NeedData):
+                chunk = self.stream.read(CHUNK)
+                self.received += len(chunk)
+                if self.received > self.settings.max_request_bytes:
+                    raise ImageTooLarge(f"the request is over the {human_bytes(self.settings.max_request_bytes)} "
+                                        f"per-request limit")
+                self.decoder.receive_data(chunk or None)
+                continue
+            yield event
+            if isinstance(event, Epilogue):
+                return
+
+    def _take_field(self, name: str, part: "_PartReader") -> None:
+        value = part.read(MAX_FIELD_BYTES + 1)
+        if len(value) > MAX_FIELD_BYTES or not part.eof:
+            raise InvalidRequest(f"form field {name!r} is over the {human_bytes(MAX_FIELD_BYTES)} limit")
+        part.drain()
+        if name not in FIELDS:
+            if self.strict:
+                raise InvalidRequest(f"unknown form field {name!r}; the fields are {', '.join(FIELDS)}")
+            return
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"form field {name!r} is not UTF-8 text") from None
+        self.fields.setdefault(name, []).append(text)
+
+    def _take_file(self, event: File | Field, part: "_PartReader") -> None:
+        filename = getattr(event, "filename", "") or ""
+        head = part.read(HEAD_BYTES)
+        if not head and part.eof and not filename:
+            return                   # an empty file input: browsers send a part with no name and no data
+        name = (filename or f"file{len(self.files) + 1}")[:MAX_NAME_CHARS]
+        if len(self.files) >= self.settings.max_files:
+            raise ImageTooLarge(f"{name}: too many files, the limit is {self.settings.max_files} per job")
+        if not head:
+            raise InvalidRequest(f"{name}: the file is empty")
+        info = None
+        try:
+            fmt = codec.sniff(head)
+            info = codec.probe(head, max_pixels=self.settings.max_pixels)
+        except CorruptImage as exc:
+            if part.eof:             # the whole file was in the head: it really is damaged
+                raise _named(name, exc) from None
+        except PixmillError as exc:
+            raise _named(name, exc) from None
+        limit = self.settings.max_file_bytes
+        if len(head) > limit:
+            raise ImageTooLarge(f"{name}: the file is over the {human_bytes(limit)} per-file limit")
+        try:
+            blob = self.store.put_blob(_Prefixed(head, part), max_bytes=limit)
+        except ImageTooLarge:
+            raise ImageTooLarge(f"{name}: the file is over the {human_bytes(limit)} per-file limit") from None
+        self.upload.blobs.append(blob)
+        part.drain()
+        if info is None:             # the header reaches past the head: read the stored file
+            try:
+                info = codec.probe(self.store.read_blob(blob), max_pixels=self.settings.max_pixels)
+            except PixmillError as exc:
+                raise _named(name, exc) from None
+        self.files.append((name, blob, getattr(info, "format", None) or fmt))
+
+    def _finish(self) -> None:
+        if not self.files:
+            raise InvalidRequest("no images: send one or more image files in the 'files' field")
+        operations = self.fields.get("operations", [])
+        pipelines = self.fields.get("pipeline", [])
+        if len(pipelines) > 1:
+            raise InvalidRequest("'pipeline' is given more than once; give one pipeline for all files, "
+                                 "or 'operations' with one per file")
+        if pipelines and operations:
+            raise InvalidRequest("give either 'pipeline' (one for all files) or 'operations' (one per file), "
+                                 "not both")
+        if not pipelines and not operations:
+            raise InvalidRequest("no operation: give 'operations' (one per file, in the same order) "
+                                 "or one 'pipeline' for all files")
+        if operations and len(operations) != len(self.files):
+            raise InvalidRequest(f"{_count(len(self.files), 'file')} but {_count(len(operations), 'operation')}: "
+                                 f"give one operation per file, in the same order, or one 'pipeline' for all files")
+        if pipelines:
+            shared = _parse("pipeline", pipelines[0])
+            specs = [shared] * len(self.files)
+        else:
+            specs = [_parse(name, op) for (name, _, _), op in zip(self.files, operations)]
+        self.upload.output = self._output()
+        self.upload.tasks = [NewTask(name=name, pipeline=pipeline, blob=blob, source_format=fmt)
+                             for (name, blob, fmt), pipeline in zip(self.files, specs)]
+
+    def _output(self) -> Output:
+        fmt = self._single("format") or "auto"
+        quality_text = self._single("quality")
+        if fmt.strip().lower() not in OUTPUT_FORMATS:
+            raise InvalidRequest(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt[:40]!r}")
+        quality = 90
+        if quality_text not in (None, ""):
+            try:
+                quality = int(quality_text)
+            except ValueError:
+                quality = 0
+            if not 1 <= quality <= 100:
+                raise InvalidRequest(f"quality must be an integer in 1..100, got {quality_text[:40]!r}")
+        return Output(format=fmt.strip().lower(), quality=quality)
+
+    def _single(self, name: str) -> str | None:
+        values = self.fields.get(name, [])
+        if len(values) > 1:
+            raise InvalidRequest(f"form field {name!r} is given more than once")
+        return values[0] if values else None
+
+
+def _parse(where: str, spec: str) -> Pipeline:
+    try:
+        return parse_pipeline(spec)
+    except InvalidPipeline as exc:
+        raise InvalidPipeline(f"{where}: {exc.message}") from None
+
+
+def _named(name: str, exc: PixmillError) -> PixmillError:
+    return type(exc)(f"{name}: {exc.message}")
+
+
+class _PartReader:
+    """The data of one multipart part, read on demand from the shared event stream."""
+
+    def __init__(self, events: Iterator[object]) -> None:
+        self.events = events
+        self.buffer = bytearray()
+        self.eof = False
+
+    def _fill(self) -> None:
+        event = next(self.events, None)
+        if not isinstance(event, Data):
+            raise InvalidRequest("the multipart body ended in the middle of a part")
+        self.buffer += event.data
+        self.eof = not event.more_data
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to size bytes (all that is left if size < 0); b'' at the end of the part."""
+        while not self.eof and (size < 0 or len(self.buffer) < size):
+            self._fill()
+        size = len(self.buffer) if size < 0 else size
+        out = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return out
+
+    def drain(self) -> None:
+        """Skip whatever is left of the part."""
+        while not self.eof:
+            self._fill()
+        self.buffer.clear()
+
+
+class _Prefixed:
+    """A file-like reader giving head first, then the rest of the part."""
+
+    def __init__(self, head: bytes, part: _PartReader) -> None:
+        self.head, self.part = head, part
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to size bytes; b'' at the end."""
+        if self.head:
+            if size < 0:
+                out, self.head = self.head + self.part.read(), b""
+                return out
+            out, self.head = self.head[:size], self.head[size:]
+            return out
+        return self.part.read(CHUNK if size < 0 else size)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
