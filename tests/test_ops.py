@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pixmill.errors import InvalidPipeline, ProcessingFailed
-from pixmill.ops import Operation, catalogue, get_operation, operations
-from pixmill.ops import FAMILIES
+from pixmill.ops import FAMILIES, Operation, catalogue, get_operation, operations
 from pixmill.pipeline import Pipeline, Step, parse_pipeline, run_pipeline
 
 OPS = operations()
