@@ -35,10 +35,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None, *,
         VALIDATION_ERROR_SCHEMA=ERROR_SCHEMA,
         HTTP_ERROR_SCHEMA=ERROR_SCHEMA,
         AUTO_SERVERS=False,
-        TAGS=[{"name": "jobs", "description": "Upload images, follow their progress, fetch results"},
-              {"name": "operations", "description": "The catalogue of operations"},
-              {"name": "original form", "description": "The original application's upload contract"},
-              {"name": "monitoring", "description": "Health and metrics"}],
     )
     if settings.api_tokens:
         app.config["SECURITY_SCHEMES"] = {"bearer": {"type": "http", "scheme": "bearer"}}

@@ -19,7 +19,8 @@ from .uploads import Upload, human_bytes, read_upload
 
 __all__ = ["bp", "init_app", "receive_upload", "result_response", "JobNotFinished"]
 
-bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="jobs")
+bp = APIBlueprint("api", __name__, url_prefix="/api/v1",
+                  tag={"name": "jobs", "description": "Upload images, follow their progress, fetch results"})
 
 ERRORS = {400: "Bad request: malformed form, pipeline or parameter",
           401: "A missing or wrong API token", 404: "No such job or task (or not yours)",

@@ -18,7 +18,7 @@ __all__ = ["bp", "init_app", "StoreCollector", "BUCKETS"]
 
 log = logging.getLogger(__name__)
 
-bp = APIBlueprint("health", __name__, tag="monitoring")
+bp = APIBlueprint("health", __name__, tag={"name": "monitoring", "description": "Health and metrics"})
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

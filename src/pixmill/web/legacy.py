@@ -13,7 +13,8 @@ from .services import services
 
 __all__ = ["bp", "init_app"]
 
-bp = APIBlueprint("legacy", __name__, tag="original form")
+bp = APIBlueprint("legacy", __name__,
+                  tag={"name": "original form", "description": "The original application's upload contract"})
 
 
 def init_app(app: Flask) -> None:

@@ -65,6 +65,7 @@ def current_owner() -> str | None:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE_SUFFIX = re.compile(r"[^A-Za-z0-9._+-]+")   # '+' joins the operations of a pipeline
 
 
 def safe_stem(name: str, *, fallback: str = "image") -> str:
@@ -80,5 +81,5 @@ def download_name(name: str, extension: str, suffix: str = "") -> str:
     """A safe download file name built from the client's name, an optional suffix and an extension."""
     stem = safe_stem(name)
     if suffix:
-        stem = f"{stem}-{_UNSAFE.sub('_', suffix).strip('._-')[:60]}"
+        stem = f"{stem}-{_UNSAFE_SUFFIX.sub('_', suffix).strip('._-')[:60]}"
     return f"{stem}.{extension}"
