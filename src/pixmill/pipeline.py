@@ -73,6 +73,8 @@ def parse_pipeline(spec: Any) -> Pipeline:
                 spec = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise InvalidPipeline(f"pipeline is not valid JSON: {exc.msg} at character {exc.pos}") from None
+            except RecursionError:
+                raise InvalidPipeline("pipeline JSON is nested too deeply") from None
         else:
             return _build([_parse_text_step(part, n) for n, part in enumerate(_split_steps(text), 1)])
     if isinstance(spec, dict):
@@ -106,7 +108,8 @@ def run_pipeline(pipeline: Pipeline, image: np.ndarray, *, max_pixels: int | Non
         except (ValueError, ArithmeticError) as exc:
             raise ProcessingFailed(f"{where}: {exc}") from None
         except Exception as exc:  # cv2.error and the like: say which step, never crash the worker
-            raise ProcessingFailed(f"{where}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1]}") from None
+            lines = str(exc).strip().splitlines()
+            raise ProcessingFailed(f"{where}: {type(exc).__name__}" + (f": {lines[-1]}" if lines else "")) from None
         if image.size == 0:
             raise ProcessingFailed(f"{where}: the result is empty")
     return image, notes
@@ -164,7 +167,8 @@ def _parse_json_step(item: Any, n: int) -> Step:
     extra = set(item) - {"op", "params"}
     if extra:
         raise InvalidPipeline(f"step {n}: unknown key {sorted(extra)[0]!r}; a step has 'op' and 'params'")
-    params = item.get("params") or {}
+    params = item.get("params")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise InvalidPipeline(f"step {n} {item['op']}: params must be an object")
     if any(isinstance(v, (list, dict)) for v in params.values()):

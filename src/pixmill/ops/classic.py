@@ -91,9 +91,10 @@ def resize_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            size=resize_shape)
 def resize(image, *, width, height, scale, interpolation):
     flag = INTERPOLATION[interpolation]
-    if width is None and height is None:
+    h, w = resize_shape(image.shape[0], image.shape[1], {"width": width, "height": height, "scale": scale})
+    if width is None and height is None and min(image.shape[0], image.shape[1]) * scale >= 1:
+        # the original's call, pixel for pixel (it would round a side under one pixel to nothing)
         return cv2.resize(image, None, fx=scale, fy=scale, interpolation=flag)
-    h, w = resize_shape(image.shape[0], image.shape[1], {"width": width, "height": height})
     return cv2.resize(image, (w, h), interpolation=flag)
 
 

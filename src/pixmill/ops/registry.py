@@ -184,10 +184,13 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            return None
     try:
         return float(str(value).strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
