@@ -26,6 +26,7 @@ from pixmill.pipeline import parse_pipeline
 from pixmill.process import Output, process
 
 REAL = Path(__file__).parent / "data" / "real"
+HOSTILE_DIR = Path(__file__).parent / "data" / "hostile_real"
 ORIGINAL_OPS = ["edge_detection", "color_inversion", "grayscale", "blur", "threshold", "resize"]
 
 
