@@ -52,3 +52,14 @@ def slow_process(data: bytes, pipeline, output, *, max_pixels: int):
     """process(), after a pause: keeps tasks in flight long enough to kill things mid-job."""
     time.sleep(0.15)
     return process(data, pipeline, output, max_pixels=max_pixels)
+
+
+if __name__ == "__main__":
+    # `python -m jobs_tasks TASK`: `pixmill worker` with this module's TASK in place of process(),
+    # settings from PIXMILL_* variables.
+    import sys
+
+    from pixmill.cli_jobs import run_supervised
+    from pixmill.config import load_settings
+
+    run_supervised(load_settings(), task=f"jobs_tasks:{sys.argv[1]}")

@@ -15,7 +15,7 @@ from pixmill import schema
 from pixmill.config import Settings
 from pixmill.errors import ImageTooLarge, InvalidRequest, NotFound, PixmillError, StorageFull
 from pixmill.pipeline import parse_pipeline
-from pixmill.process import Output
+from pixmill.process import Output, Result
 from pixmill.store import JobView, NewTask, Store, TaskState
 from pixmill.taskqueue import crash_message
 
@@ -145,17 +145,15 @@ def test_a_task_goes_from_queued_to_running_to_done(store: Store):
     assert [c.n for c in claims] == [0, 1] and claims[0].output == Output("png", 80)
     assert store.get_job(job.id).state == "running"
     assert store.renew("d1") == {claims[0].id, claims[1].id}
-    result = store.put_blob(b"result", enforce_quota=False)
-    assert store.complete("d1", claims[0].id, result_blob=result, result_format="png", width=4, height=3,
-                          notes=["converted"])
+    assert store.complete("d1", claims[0].id, Result(b"result", "png", 4, 3, ("converted",)))
     assert store.fail("d1", claims[1].id, "step 1 grayscale: bad")
-    assert not store.complete("d1", claims[0].id, result_blob=result, result_format="png", width=4, height=3,
-                              notes=[])  # recorded once only
+    assert not store.complete("d1", claims[0].id, Result(b"again", "png", 4, 3))  # recorded once only
     done = store.get_job(job.id)
     assert done.state == "done" and done.counts()["done"] == 1 and done.counts()["failed"] == 1
     first = done.tasks[0]
-    assert (first.state, first.result_blob, first.width, first.height, first.notes, first.attempts) == \
-        (TaskState.DONE, result, 4, 3, ("converted",), 1)
+    assert (first.state, first.width, first.height, first.notes, first.attempts) == \
+        (TaskState.DONE, 4, 3, ("converted",), 1)
+    assert store.read_blob(first.result_blob) == b"result" and len(blob_files(store)) == 3
     assert first.started_at <= first.finished_at and done.tasks[1].error == "step 1 grayscale: bad"
     stats = store.stats()
     assert stats["tasks"]["done"] == 1 and stats["queue_depth"] == 0 and stats["workers"] == 2
@@ -169,8 +167,8 @@ def test_cancelled_tasks_are_never_started_nor_recorded(store: Store):
     assert cancelled.state == "cancelled" and cancelled.counts()["cancelled"] == 3
     assert store.claim("d1", 10, busy=False) == []
     assert store.renew("d1") == set()
-    assert not store.complete("d1", running.id, result_blob="0" * 32, result_format="png", width=1, height=1,
-                              notes=[])
+    assert not store.complete("d1", running.id, Result(b"late", "png", 1, 1))
+    assert len(blob_files(store)) == 3 and not list(store.blobs.tmp.iterdir())  # the late result left nothing
 
 
 def test_a_crash_requeues_suspects_that_then_run_alone(store: Store):
@@ -181,7 +179,7 @@ def test_a_crash_requeues_suspects_that_then_run_alone(store: Store):
     for _ in range(3):
         [alone] = store.claim("d1", 3, busy=False)
         assert alone.suspect and store.claim("d1", 3, busy=True) == []
-        store.complete("d1", alone.id, result_blob="0" * 32, result_format="png", width=1, height=1, notes=[])
+        store.complete("d1", alone.id, Result(b"ok", "png", 1, 1))
     [last] = store.claim("d1", 3, busy=False)
     assert not last.suspect and last.n == 3
 

@@ -48,13 +48,13 @@ def worker(data_dir: Path | None, engine: str | None, workers: int | None, task_
     run_supervised(settings)
 
 
-def run_supervised(settings: Settings) -> None:
-    """Run a supervised dispatcher until SIGTERM or SIGINT, then stop it cleanly."""
+def run_supervised(settings: Settings, *, task: str | None = None) -> None:
+    """Run a supervised dispatcher until SIGTERM or SIGINT, then stop it cleanly (task: see Supervisor)."""
     from .supervisor import Supervisor
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    supervisor = Supervisor(settings)
+    supervisor = Supervisor(settings, task=task)
     try:
         supervisor.start()
         click.echo(f"pixmill worker: {settings.worker_count()} {settings.engine} workers on "

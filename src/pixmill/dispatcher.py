@@ -171,14 +171,9 @@ class Dispatcher:
 
     def _record_result(self, task_id: int, flight: Flight, result: Result) -> None:
         try:
-            key = self.store.put_blob(result.data, enforce_quota=False)
-        except PixmillError as exc:
+            self.store.complete(self.id, task_id, result, started_at=flight.started_at)
+        except PixmillError as exc:  # the disk is full
             self.store.fail(self.id, task_id, f"could not store the result: {exc.message}")
-            return
-        if not self.store.complete(self.id, task_id, result_blob=key, result_format=result.format,
-                                   width=result.width, height=result.height, notes=result.notes,
-                                   started_at=flight.started_at):
-            self.store.delete_blobs([key])  # cancelled, deleted or requeued meanwhile: not ours to record
 
     def _rebuild(self, lost: list[int]) -> None:
         log.warning("the worker pool broke with %d tasks in flight; rebuilding it", len(lost))

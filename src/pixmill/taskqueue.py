@@ -16,8 +16,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .blobs import BlobFolder, new_key
 from .config import Settings
-from .process import Output
+from .process import Output, Result
 
 __all__ = ["Claim", "TaskQueue", "crash_message"]
 
@@ -46,6 +47,7 @@ class TaskQueue:
     """Mixin for Store: claiming, leasing and recording tasks."""
 
     settings: Settings
+    blobs: BlobFolder
     _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _db: Callable[[], sqlite3.Connection]
 
@@ -98,17 +100,29 @@ class TaskQueue:
             return {r[0] for r in db.execute("SELECT id FROM tasks WHERE lease_owner = ? AND state = 'running'",
                                              (dispatcher_id,))}
 
-    def complete(self, dispatcher_id: str, task_id: int, *, result_blob: str, result_format: str,
-                 width: int, height: int, notes: Iterable[str], started_at: float | None = None) -> bool:
-        """Mark a held task done with its result; False if the task is no longer ours (cancelled, requeued)."""
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, height = ?, "
-                "notes = ?, error = NULL, started_at = COALESCE(?, started_at), finished_at = ?, "
-                "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
-                (result_blob, result_format, width, height, json.dumps(list(notes)), started_at, time.time(),
-                 task_id, dispatcher_id))
-            return cur.rowcount == 1
+    def complete(self, dispatcher_id: str, task_id: int, result: Result, *, started_at: float | None = None) -> bool:
+        """Store a held task's result blob and mark it done, in one transaction; False (and nothing stored)
+        if the task is no longer ours: cancelled, deleted or requeued meanwhile."""
+        tmp, size = self.blobs.write_temp(result.data, max_bytes=None)
+        key, now = new_key(), time.time()
+        try:
+            with self._write() as db:
+                cur = db.execute(
+                    "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, height = ?, "
+                    "notes = ?, error = NULL, started_at = COALESCE(?, started_at), finished_at = ?, "
+                    "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                    (key, result.format, result.width, result.height, json.dumps(list(result.notes)), started_at, now,
+                     task_id, dispatcher_id))
+                if cur.rowcount != 1:
+                    return False
+                db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, now))
+                self.blobs.commit(tmp, key)
+            return True
+        except BaseException:
+            self.blobs.delete([key])  # rolled back: nothing refers to it
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:
         """Mark a held task failed with a message for the user; False if it is no longer ours."""
