@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -159,3 +160,34 @@ def test_errors_are_shown_in_words(page: Page, server: Server, tmp_path: Path):
     expect(page.locator("#progress-list .task.failed .state")).to_contain_text("failed")
     save_screenshot(page, tmp_path, "pixmill-errors.png")
     assert [p for p in page.problems if "the server responded with a status of 415" not in p] == []
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_with_api_tokens_the_page_asks_for_one_and_works(browser: Browser, tmp_path: Path):
+    with running_server(tmp_path / "tokens", engine="local", workers=1,
+                        env={"PIXMILL_API_TOKENS": "page-token"}) as server:
+        context = browser.new_context(accept_downloads=True)
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server.url)
+            expect(page.locator("#token-box")).to_be_visible()
+            page.fill("#token", "page-token")
+            page.keyboard.press("Enter")
+            expect(page.locator("body.ready")).to_have_count(1)
+            page.set_input_files("#file-input", [str(REAL / "sk_camera.png")])
+            page.select_option("#item1-s0-op", "edge_detection")
+            page.click("#submit")
+            # EventSource cannot send a token: progress comes over fetch, images as blobs
+            expect(page.locator("#gallery .result.done")).to_have_count(1)
+            page.wait_for_function("() => [...document.querySelectorAll('#gallery img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)")
+            assert page.locator("#gallery .result img").nth(1).get_attribute("src").startswith("blob:")
+            with page.expect_download() as download:
+                page.click("#zip")
+            assert re.fullmatch(r"pixmill-[A-Za-z0-9_-]{12}\.zip", download.value.suggested_filename)
+            with zipfile.ZipFile(download.value.path()) as zf:
+                assert zf.namelist() == ["001-sk_camera-edge_detection.png"]
+        finally:
+            context.close()

@@ -241,14 +241,17 @@
 
   function setDownload(a, url) {
     a.href = local(url);
-    if (!state.token) return;
-    a.addEventListener("click", async (e) => {
-      e.preventDefault();
-      const response = await api(url);
-      if (!response.ok) { alertBox(await errorText(response)); return; }
-      const link = el("a", { href: URL.createObjectURL(await response.blob()), download: a.getAttribute("download") });
-      document.body.append(link); link.click(); link.remove();
-    });
+    if (state.token) a.dataset.fetch = url;      // fetched with the token by the handler in wire()
+  }
+
+  // With a token, a plain link cannot authenticate: fetch the file and save it from a blob URL.
+  async function fetchDownload(a) {
+    const response = await api(a.dataset.fetch);
+    if (!response.ok) { alertBox(await errorText(response)); return; }
+    const named = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+    const link = el("a", { href: URL.createObjectURL(await response.blob()),
+                           download: a.getAttribute("download") || (named ? named[1] : "download") });
+    document.body.append(link); link.click(); link.remove();
   }
 
   function figure(caption, url, alt, thumb) {
@@ -310,6 +313,10 @@
 
   function wire() {
     const drop = $("drop"), input = $("file-input");
+    document.addEventListener("click", (e) => {
+      const a = e.target.closest && e.target.closest("a[data-fetch]");
+      if (a) { e.preventDefault(); fetchDownload(a); }
+    });
     drop.addEventListener("click", () => input.click());
     drop.addEventListener("keydown", (e) => {
       if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
