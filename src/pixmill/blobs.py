@@ -75,11 +75,13 @@ class BlobFolder:
         return tmp, size
 
     def commit(self, tmp: Path, key: str) -> None:
-        """Move a complete temp file into place under key, durably."""
+        """Move a complete (fsynced) temp file into place under key."""
         final = self.path(key)
         final.parent.mkdir(exist_ok=True)
+        # The bytes are on disk before the name appears, so no one ever sees a partial blob. The
+        # directory is not fsynced per blob: the rename reaches the disk with the file system's
+        # journal, as soon as anything is fsynced, like the database's own commits (synchronous=NORMAL).
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
 
     def read(self, key: str) -> bytes:
         """The blob's bytes (NotFound if it is gone)."""
@@ -123,11 +125,3 @@ def human_size(n: float) -> str:
 def _limit(size: int, max_bytes: int | None) -> None:
     if max_bytes is not None and size > max_bytes:
         raise ImageTooLarge(f"the file is over the {human_size(max_bytes)} limit")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
