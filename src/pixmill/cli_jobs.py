@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -39,12 +40,15 @@ def worker(data_dir: Path | None, engine: str | None, workers: int | None, task_
     """
     import logging
 
-    from .dispatcher import in_static_pool, run_static
+    from .staticpool import in_static_pool, run_static
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings(data_dir=data_dir, engine=engine, workers=workers, task_timeout=task_timeout)
     if in_static_pool():
         sys.exit(run_static(settings))
+    if "PMI_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+        raise click.UsageError("under mpiexec, run the workers as a static pool: "
+                               "mpiexec -n N python -m mpi4py.futures -m pixmill worker ...")
     run_supervised(settings)
 
 

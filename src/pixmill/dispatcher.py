@@ -32,8 +32,7 @@ from .process import Result, process
 from .store import Store
 from .taskqueue import Claim
 
-__all__ = ["Dispatcher", "STOPPED", "RESTART", "EXIT_RESTART", "process_is_dead", "run_dispatcher",
-           "run_static", "in_static_pool"]
+__all__ = ["Dispatcher", "STOPPED", "RESTART", "EXIT_RESTART", "process_is_dead", "run_dispatcher", "load_task"]
 
 log = logging.getLogger("pixmill.dispatcher")
 
@@ -156,8 +155,8 @@ class Dispatcher:
             except BrokenExecutor:
                 broken.append(task_id)
                 continue
-            except CancelledError:
-                pass
+            except CancelledError:  # never ran
+                self.store.release(self.id, [task_id])
             except PixmillError as exc:
                 self.store.fail(self.id, task_id, exc.message, started_at=flight.started_at)
             except Exception as exc:  # e.g. a result that cannot be pickled: the task fails, not the pool
@@ -275,64 +274,25 @@ def load_task(spec: str) -> Callable[..., Result]:
 
 
 def run_dispatcher(settings: Settings, *, dispatcher_id: str | None = None, task: str | None = None,
-                   parent_pid: int | None = None, static: bool = False) -> int:
-    """Run one dispatcher in this process until SIGTERM/SIGINT; return the exit status (EXIT_RESTART: start anew)."""
+                   parent_pid: int | None = None, make_pool: Callable[[], Executor] | None = None,
+                   workers: int | None = None, engine: str | None = None) -> int:
+    """Run one dispatcher in this process until SIGTERM/SIGINT; return the exit status (EXIT_RESTART: start anew).
+
+    The pool is make_executor(settings.engine, settings.worker_count()) unless make_pool is given."""
     from .engine import make_executor
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    workers = static_pool_size() if static else settings.worker_count()
-    engine = "mpi" if static else settings.engine
-    make_pool = (lambda: _bootup(_static_executor(workers))) if static else \
-        (lambda: _bootup(make_executor(engine, workers)))
+    workers = workers or settings.worker_count()
+    engine = engine or settings.engine
+    make_pool = make_pool or (lambda: make_executor(engine, workers))
     with Store.open(settings) as store:
-        dispatcher = Dispatcher(store, settings, make_pool,
-                                workers=workers, engine=engine, dispatcher_id=dispatcher_id,
-                                task=load_task(task) if task else process, parent_pid=parent_pid)
+        dispatcher = Dispatcher(store, settings, lambda: _bootup(make_pool()), workers=workers, engine=engine,
+                                dispatcher_id=dispatcher_id, task=load_task(task) if task else process,
+                                parent_pid=parent_pid)
         outcome = dispatcher.run(stop)
     return 0 if outcome == STOPPED else EXIT_RESTART
-
-
-def run_static(settings: Settings) -> int:
-    """Dispatch as rank 0 of a static MPI pool; if the pool must be ended, end the whole MPI job."""
-    status = run_dispatcher(settings, static=True)
-    if status == EXIT_RESTART:
-        from mpi4py import MPI
-
-        MPI.COMM_WORLD.Abort(EXIT_RESTART)  # a runaway rank can only be stopped with the job
-    return status
-
-
-def static_pool_size() -> int:
-    """Workers of the static pool this rank 0 leads under `mpiexec ... -m mpi4py.futures`."""
-    from mpi4py import MPI
-
-    return max(1, MPI.COMM_WORLD.Get_size() - 1)
-
-
-def in_static_pool() -> bool:
-    """Whether this process is rank 0 of `mpiexec -n N python -m mpi4py.futures ...`."""
-    core = sys.modules.get("mpi4py.futures._core")
-    return getattr(core, "SharedPool", None) is not None
-
-
-def _static_executor(workers: int) -> Executor:
-    from mpi4py.futures import MPIPoolExecutor
-
-    from .engine import threads_per_worker
-
-    return MPIPoolExecutor(initializer=init_static_worker, initargs=(threads_per_worker(workers),))
-
-
-def init_static_worker(threads: int) -> None:
-    """Set up a rank of a static pool: mpiexec passes SIGTERM and SIGINT to every rank, but only rank 0
-    should act on them (finish or release its tasks, then end the job cleanly)."""
-    from .engine import init_worker
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    init_worker(threads)
 
 
 def _bootup(pool: Executor) -> Executor:

@@ -15,87 +15,21 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .blobs import BlobFolder, human_size, new_key
 from .config import Settings
 from .errors import InvalidRequest, NotFound, StorageFull
-from .pipeline import Pipeline
+from .jobs import JobView, NewTask, TaskState, TaskView, job_view
 from .process import Output
 from .schema import migrate
-from .taskqueue import TaskQueue, output_from_json
+from .taskqueue import TaskQueue
 
 __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store"]
 
 BUSY_TIMEOUT_MS = 30_000
 ORPHAN_GRACE = 3600.0       # seconds an uploaded blob may wait for its job before purge deletes it
-
-
-class TaskState(str, Enum):
-    """Where a task is: queued → running → done, failed or cancelled."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-ENDED = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
-
-
-@dataclass(frozen=True)
-class TaskView:
-    """One task as the API shows it."""
-
-    n: int
-    name: str
-    pipeline: str
-    state: TaskState
-    attempts: int
-    error: str | None
-    width: int | None
-    height: int | None
-    result_format: str | None
-    source_format: str | None
-    notes: tuple[str, ...]
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    input_blob: str
-    result_blob: str | None
-
-
-@dataclass(frozen=True)
-class JobView:
-    """One job and its tasks as the API shows them."""
-
-    id: str
-    owner: str | None
-    state: str
-    created_at: float
-    output: Output
-    tasks: tuple[TaskView, ...] = field(default=())
-
-    def counts(self) -> dict[str, int]:
-        """The number of tasks in each state, zeros included."""
-        counts = {state.value: 0 for state in TaskState}
-        for task in self.tasks:
-            counts[task.state.value] += 1
-        return counts
-
-
-@dataclass(frozen=True)
-class NewTask:
-    """A task to create: the client's file name (display text), its pipeline and its input blob."""
-
-    name: str
-    pipeline: Pipeline
-    blob: str
-    source_format: str | None = None
 
 
 class Store(TaskQueue):
@@ -209,7 +143,7 @@ class Store(TaskQueue):
             if job is None or (owner is not None and job["owner"] != owner):
                 raise NotFound(f"no such job: {job_id}")
             tasks = db.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
-        return _job_view(job, tasks)
+        return job_view(job, tasks)
 
     def list_jobs(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
         """The most recent jobs (of one owner, when given), newest first."""
@@ -344,27 +278,3 @@ def _select_in(db: sqlite3.Connection, sql: str, values: list) -> list[sqlite3.R
         part = values[i:i + 500]
         rows.extend(db.execute(sql.format(",".join("?" * len(part))), part).fetchall())
     return rows
-
-
-def _task_view(row: sqlite3.Row) -> TaskView:
-    return TaskView(n=row["n"], name=row["name"], pipeline=row["pipeline"], state=TaskState(row["state"]),
-                    attempts=row["attempts"], error=row["error"], width=row["width"], height=row["height"],
-                    result_format=row["result_format"], source_format=row["source_format"],
-                    notes=tuple(json.loads(row["notes"])), created_at=row["created_at"],
-                    started_at=row["started_at"], finished_at=row["finished_at"],
-                    input_blob=row["input_blob"], result_blob=row["result_blob"])
-
-
-def _job_view(job: sqlite3.Row, rows: list[sqlite3.Row]) -> JobView:
-    tasks = tuple(_task_view(r) for r in rows)
-    states = {t.state for t in tasks}
-    if job["cancelled_at"] is not None:
-        state = "cancelled"
-    elif states <= set(ENDED):
-        state = "done"
-    elif states == {TaskState.QUEUED}:
-        state = "queued"
-    else:
-        state = "running"
-    return JobView(id=job["id"], owner=job["owner"], state=state, created_at=job["created_at"],
-                   output=output_from_json(job["output"]), tasks=tasks)
