@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import psutil
 import pytest
 
-from jobs_tasks import CRASH, make_png
+from jobs_tasks import CRASH, HANG, make_png
 from pixmill.config import Settings
 from pixmill.pipeline import parse_pipeline
 from pixmill.process import Output, process
@@ -46,7 +46,8 @@ def environment(settings: Settings) -> dict[str, str]:
     return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
             "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
             "PIXMILL_DATA_DIR": str(settings.data_dir), "PIXMILL_ENGINE": settings.engine,
-            "PIXMILL_WORKERS": str(settings.workers), "PIXMILL_LEASE_SECONDS": str(settings.lease_seconds)}
+            "PIXMILL_WORKERS": str(settings.workers), "PIXMILL_LEASE_SECONDS": str(settings.lease_seconds),
+            "PIXMILL_TASK_TIMEOUT": str(settings.task_timeout)}
 
 
 @contextlib.contextmanager
@@ -171,16 +172,18 @@ def test_killing_the_dispatcher_mid_job_then_starting_again_completes_it(store: 
     assert stranded > 0 and sum(t.attempts > 1 for t in after.tasks) >= stranded
 
 
-def test_a_task_that_crashes_its_mpi_worker_every_time_fails_after_three_attempts(store: Store, settings: Settings):
-    images = [make_png(i, marker=CRASH if i == 5 else None) for i in range(20)]
+def test_a_task_crashing_its_mpi_worker_fails_after_three_attempts_and_a_runaway_times_out(store: Store, settings: Settings):
+    settings = Settings(**{**settings.__dict__, "task_timeout": 4.0})
+    images = [make_png(i, marker={5: CRASH, 14: HANG}.get(i)) for i in range(20)]
     job = submit_job(store, images)
     with started([sys.executable, "-m", "jobs_tasks", "misbehaving_process"], settings):
         wait_until(lambda: ended(store, job.id), what="the job")
     after = store.get_job(job.id)
-    crashed = after.tasks[5]
+    crashed, runaway = after.tasks[5], after.tasks[14]
     assert crashed.state is TaskState.FAILED and crashed.attempts == 3
     assert crashed.error == "worker crashed while processing this image (3 attempts)"
-    assert_results_match(store, after, images, skip={5})
+    assert runaway.state is TaskState.FAILED and "longer than 4 s" in runaway.error
+    assert_results_match(store, after, images, skip={5, 14})
 
 
 def test_an_idle_dispatcher_and_pool_use_under_five_percent_of_a_core(store: Store, settings: Settings):
