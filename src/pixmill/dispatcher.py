@@ -212,8 +212,11 @@ class Dispatcher:
         deadline = time.monotonic() + self.drain_seconds
         while self.flights and time.monotonic() < deadline:
             wait([f.future for f in self.flights.values()], timeout=0.2, return_when=FIRST_COMPLETED)
-            if self._record_done():
-                break
+            broken = self._record_done()
+            if broken:
+                self.store.crashed(self.id, broken)
+                for task_id in broken:
+                    self.flights.pop(task_id, None)
         busy = bool(self.flights) or any(not f.done() for f in self._dropped)
         if self.flights:
             log.info("stopping: %d unfinished tasks go back to the queue", len(self.flights))
