@@ -86,3 +86,14 @@ def ops(as_json: bool) -> None:
         for p in op.params:
             default = "auto" if p.default is None else p.default
             click.echo(f"    {p.name:<16} {p.allowed()}; default {default}. {p.description}")
+
+
+def _add_commands() -> None:
+    from .cli_jobs import status, submit, worker
+    from .cli_serve import serve
+
+    for command in (serve, worker, submit, status):
+        main.add_command(command)
+
+
+_add_commands()
