@@ -81,7 +81,7 @@ def time_worker(paths: list[Path], data_dir: Path, engine: str, workers: int) ->
     settings = Settings(data_dir=data_dir, engine=engine, workers=workers)
     with Store.open(settings) as store:
         cold_job = queue_job(store, paths)
-        cmd = [sys.executable, "-m", "pixmill.cli_jobs", "worker", "--data-dir", str(data_dir),
+        cmd = [sys.executable, "-m", "pixmill", "worker", "--data-dir", str(data_dir),
                "--engine", engine, "-w", str(workers)]
         start = time.perf_counter()
         worker = subprocess.Popen(cmd, env=environment(), start_new_session=True,

@@ -126,7 +126,7 @@ def assert_results_match(store: Store, job: JobView, images: list[bytes], skip: 
     assert rows == len(images) + len(results), "a result was recorded twice"
 
 
-WORKER = [sys.executable, "-m", "pixmill.cli_jobs", "worker"]
+WORKER = [sys.executable, "-m", "pixmill", "worker"]
 
 
 def test_sixty_images_on_three_mpi_workers_equal_in_process_results(store: Store, settings: Settings):
@@ -203,7 +203,7 @@ def test_a_static_pool_under_mpiexec_processes_jobs_and_stops_cleanly(store: Sto
     images = [make_png(i) for i in range(12)]
     job = submit_job(store, images)
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    cmd = [mpiexec, "-n", "3", sys.executable, "-m", "mpi4py.futures", "-m", "pixmill.cli_jobs", "worker"]
+    cmd = [mpiexec, "-n", "3", sys.executable, "-m", "mpi4py.futures", "-m", "pixmill", "worker"]
     with started(cmd, settings) as pool:
         wait_until(lambda: ended(store, job.id), what="the job")
         assert store.workers_alive() == 2  # rank 0 dispatches to ranks 1 and 2

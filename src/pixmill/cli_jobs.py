@@ -197,16 +197,3 @@ def _job_json(job) -> dict:
              for t in job.tasks]
     return {"id": job.id, "state": job.state, "created_at": job.created_at, "counts": job.counts(),
             "output": {"format": job.output.format, "quality": job.output.quality}, "tasks": tasks}
-
-
-@click.group()
-def _jobs() -> None:
-    """The job commands alone (python -m pixmill.cli_jobs), as `pixmill` offers them."""
-
-
-_jobs.add_command(worker)
-_jobs.add_command(submit)
-_jobs.add_command(status)
-
-if __name__ == "__main__":
-    _jobs()
