@@ -28,7 +28,7 @@ DATA_DIR_HELP = "Folder of the store: database and images (default ./pixmill-dat
 @click.option("--engine", type=click.Choice(["mpi", "local"]), default=None,
               help="mpi: MPI workers (default); local: a process pool. Ignored in a static MPI pool.")
 @click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per core). In a static MPI pool: the ranks besides 0.")
+              help="Worker processes (default: one per core). A static MPI pool uses every rank but 0.")
 @click.option("--task-timeout", type=click.FloatRange(min=0.1), default=None,
               help="Seconds one image may take before it fails (default 60).")
 def worker(data_dir: Path | None, engine: str | None, workers: int | None, task_timeout: float | None) -> None:
