@@ -266,6 +266,24 @@ def test_events_say_gone_when_the_job_is_deleted(app, client, store):
         assert next(stream, None) is None
 
 
+def test_event_streams_are_limited_to_half_the_threads(store):
+    settings = replace(store.settings, threads=2)                      # one stream at a time
+    client = create_app(settings, store, sse_poll=0.01, sse_max_seconds=20).test_client()
+    job = post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"}).get_json()
+    url = f"/api/v1/jobs/{job['id']}/events"
+    first = client.get(url, buffered=False)
+    assert next(first.response).startswith(b"retry:")
+    busy = client.get(url)
+    assert_error(busy, 503, "busy", "poll GET /api/v1/jobs/")
+    assert busy.headers["Retry-After"]
+    first.close()                                                      # the slot comes back
+    unstarted = client.get(url, buffered=False)
+    unstarted.close()                                                  # closed before its first byte
+    again = client.get(url, buffered=False)
+    assert again.status_code == 200
+    again.close()
+
+
 def test_cancelled_job_results_are_gone(client, store):
     job = post_job(client, {"files": files("sk_camera.png"), "pipeline": "grayscale"}).get_json()
     assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204

@@ -43,6 +43,9 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    # Listening from the start turns on Chromium's file-chooser interception before the first
+    # chooser opens; enabled only by expect_file_chooser(), the first chooser is sometimes missed.
+    page.on("filechooser", lambda chooser: None)
     page.problems = []                                     # console errors, page errors, foreign requests
     page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
@@ -85,7 +88,7 @@ def test_three_images_with_different_operations_to_a_zip(page: Page, server: Ser
     expect(page.locator("body.ready")).to_have_count(1)
 
     # two picked with the keyboard-operable chooser, one dropped
-    page.focus("#drop")
+    page.focus("#pick")
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
     chooser.value.set_files([str(REAL / "sk_camera.png"), str(REAL / "sk_rocket.jpg")])
@@ -189,5 +192,27 @@ def test_with_api_tokens_the_page_asks_for_one_and_works(browser: Browser, tmp_p
             assert re.fullmatch(r"pixmill-[A-Za-z0-9_-]{12}\.zip", download.value.suggested_filename)
             with zipfile.ZipFile(download.value.path()) as zf:
                 assert zf.namelist() == ["001-sk_camera-edge_detection.png"]
+        finally:
+            context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_without_a_free_event_stream_the_page_polls(browser: Browser, tmp_path: Path):
+    # one server thread: no thread may be held by an event stream, so /events answers 503
+    with running_server(tmp_path / "busy", engine="local", workers=1, env={"PIXMILL_THREADS": "1"}) as server:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            statuses = []
+            page.on("response", lambda r: "/events" in r.url and statuses.append(r.status))
+            page.goto(server.url)
+            expect(page.locator("body.ready")).to_have_count(1)
+            page.set_input_files("#file-input", [str(REAL / "sk_chelsea.png"), str(REAL / "pil_hopper.bmp")])
+            page.click("#submit")
+            expect(page.locator("#overall-label")).to_have_text("2 of 2 images finished")
+            expect(page.locator("#gallery .result.done")).to_have_count(2)
+            assert statuses and set(statuses) == {503}
         finally:
             context.close()

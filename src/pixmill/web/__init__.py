@@ -22,7 +22,7 @@ and its parameters. Errors are JSON `{"error": code, "message": words}`."""
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None, *,
-               sse_poll: float = 0.5, sse_max_seconds: float = 300.0) -> APIFlask:
+               sse_poll: float = 0.5, sse_max_seconds: float = 60.0) -> APIFlask:
     """Build the app around settings and a store (opened from settings.data_dir if not given)."""
     settings = settings or load_settings()
     app = APIFlask(__name__, title="pixmill", version=__version__,

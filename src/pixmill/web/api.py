@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 from apiflask import APIBlueprint
 from flask import Flask, Response, current_app, request, send_file, stream_with_context, url_for
 
@@ -17,7 +19,7 @@ from .security import authenticate, current_owner, download_name
 from .services import services
 from .uploads import Upload, human_bytes, read_upload
 
-__all__ = ["bp", "init_app", "receive_upload", "result_response", "JobNotFinished"]
+__all__ = ["bp", "init_app", "receive_upload", "result_response", "JobNotFinished", "ServerBusy"]
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1",
                   tag={"name": "jobs", "description": "Upload images, follow their progress, fetch results"})
@@ -34,6 +36,35 @@ class JobNotFinished(PixmillError):
 
     status = 409
     code = "job_not_finished"
+
+
+class ServerBusy(PixmillError):
+    """Every event-stream slot is taken."""
+
+    status = 503
+    code = "busy"
+
+
+class _Slot:
+    """An event stream that gives its slot back when the server closes it, even if never started."""
+
+    def __init__(self, stream: Iterator[str], release: Callable[[], None]) -> None:
+        self.stream, self.release, self.released = stream, release, False
+
+    def __iter__(self) -> "_Slot":
+        return self
+
+    def __next__(self) -> str:
+        return next(self.stream)
+
+    def close(self) -> None:
+        """Close the stream and free the slot (once)."""
+        try:
+            getattr(self.stream, "close", lambda: None)()
+        finally:
+            if not self.released:
+                self.released = True
+                self.release()
 
 
 def init_app(app: Flask) -> None:
@@ -138,14 +169,17 @@ def get_job(job_id: str):
         responses={200: {"description": "text/event-stream of 'progress' events (the job as JSON), "
                                          "then 'end' (or 'gone' if the job was deleted)",
                          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                   401: ERRORS[401], 404: ERRORS[404]})
+                   401: ERRORS[401], 404: ERRORS[404],
+                   503: "Too many event streams are open: poll GET /api/v1/jobs/{job_id} instead"})
 def job_events(job_id: str):
-    """Stream the job's progress."""
+    """Stream the job's progress; the stream closes after a while and EventSource reconnects."""
     svc = services()
     owner = current_owner()
     svc.store.get_job(job_id, owner=owner)          # 404 now rather than inside the stream
+    if not svc.event_slots.acquire(blocking=False):
+        raise ServerBusy(f"too many event streams are open; poll GET /api/v1/jobs/{job_id} instead")
     stream = event_stream(svc.store, job_id, owner, job_json, poll=svc.sse_poll, max_seconds=svc.sse_max_seconds)
-    response = Response(stream_with_context(stream), mimetype="text/event-stream")
+    response = Response(_Slot(stream_with_context(stream), svc.event_slots.release), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     return response

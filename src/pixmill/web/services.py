@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -19,7 +20,12 @@ class Services:
     settings: Settings
     store: Store
     sse_poll: float = 0.5           # seconds between store polls of an event stream
-    sse_max_seconds: float = 300.0  # an event stream closes after this; the browser reconnects
+    sse_max_seconds: float = 60.0   # an event stream closes after this; the browser reconnects
+    # Each event stream holds a server thread, so at most half the threads may stream at once.
+    event_slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.event_slots = threading.BoundedSemaphore(self.settings.threads // 2)
 
 
 def services() -> Services:

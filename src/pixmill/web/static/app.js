@@ -102,7 +102,7 @@
     item.li.remove();
     refresh();
     const next = state.items[i] || state.items[i - 1];
-    (next ? next.li.querySelector(".remove") : $("drop")).focus();
+    (next ? next.li.querySelector(".remove") : $("pick")).focus();
   }
 
   function refresh() {
@@ -198,6 +198,8 @@
       source.addEventListener("progress", (e) => renderProgress(JSON.parse(e.data)));
       source.addEventListener("end", () => { source.close(); finish(); });
       source.addEventListener("gone", () => { source.close(); alertBox("This job no longer exists."); });
+      // a closed EventSource (the server refused the stream, e.g. 503 when busy) falls back to polling
+      source.addEventListener("error", () => { if (source.readyState === EventSource.CLOSED) poll(); });
     } else {
       readEvents(job.events_url);
     }
@@ -207,6 +209,7 @@
   async function readEvents(url) {
     for (let attempt = 0; attempt < 100; attempt++) {
       const response = await api(url);
+      if (response.status === 503) { poll(); return; }
       if (!response.ok) { alertBox(await errorText(response)); return; }
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
@@ -228,6 +231,18 @@
           if (event === "gone") { alertBox("This job no longer exists."); return; }
         }
       }
+    }
+  }
+
+  async function poll() {
+    const id = state.job.id;
+    for (let i = 0; i < 3600 && state.job && state.job.id === id; i++) {
+      const response = await api(state.job.status_url);
+      if (!response.ok) { alertBox(await errorText(response)); return; }
+      const job = await response.json();
+      renderProgress(job);
+      if (job.state === "done" || job.state === "cancelled") { finish(); return; }
+      await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
 
@@ -306,7 +321,7 @@
     ["progress-box", "results"].forEach((id) => { $(id).hidden = true; });
     $("add").hidden = false;
     history.replaceState(null, "", location.pathname);
-    refresh(); alertBox(""); $("drop").focus();
+    refresh(); alertBox(""); $("pick").focus();
   }
 
   // ---- wiring
@@ -317,10 +332,9 @@
       const a = e.target.closest && e.target.closest("a[data-fetch]");
       if (a) { e.preventDefault(); fetchDownload(a); }
     });
-    drop.addEventListener("click", () => input.click());
-    drop.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
-    });
+    // a real button: Enter and Space click it, and a click may open the file chooser
+    $("pick").addEventListener("click", () => input.click());
+    drop.addEventListener("click", (e) => { if (e.target === drop || e.target.tagName === "P") input.click(); });
     input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });
     ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
     ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
