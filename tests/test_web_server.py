@@ -108,10 +108,10 @@ def _descendants(pid: int) -> set[int]:
         return set()
 
 
-def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> int | None:
-    """SIGTERM the server (a clean stop), then SIGKILL its process group if it is still there."""
+def stop_server(proc: subprocess.Popen, timeout: float = 60.0, sig: int = signal.SIGTERM) -> int | None:
+    """Signal the server to stop (SIGTERM, or SIGINT as Ctrl-C), then SIGKILL its group if it is still there."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -151,6 +151,7 @@ def expected(name: str, spec: str) -> bytes | str:
 def mpi_server(tmp_path_factory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("serve"), engine="mpi", workers=2) as server:
         yield server
+    assert server.proc.returncode == 0, server.log.read_text()[-2000:]    # SIGTERM is a clean stop
 
 
 def _accepted(name: str) -> bool:
@@ -236,7 +237,7 @@ def test_json_api_with_events_and_archive_on_mpi_workers(mpi_server):
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_serve_restarts_a_killed_dispatcher_and_stops_cleanly(tmp_path):
+def test_serve_restarts_a_killed_dispatcher_and_stops_cleanly_on_ctrl_c(tmp_path):
     with running_server(tmp_path / "one", engine="mpi", workers=1) as server:
         first = wait_for(server.dispatcher_pids, 30, "the dispatcher child")
         os.kill(first[0], signal.SIGKILL)
@@ -247,6 +248,6 @@ def test_serve_restarts_a_killed_dispatcher_and_stops_cleanly(tmp_path):
         url = response.json()["processed_files"][0]
         wait_for(lambda: requests.get(url, timeout=30).status_code == 200, 120, "the result")
         family = _descendants(server.proc.pid)
-        assert stop_server(server.proc) == 0, server.log.read_text()[-2000:]
+        assert stop_server(server.proc, sig=signal.SIGINT) == 0, server.log.read_text()[-2000:]
         wait_for(lambda: not alive(family), 30, "every child process to end")
         assert "stopped" in server.log.read_text()
