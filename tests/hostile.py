@@ -1,7 +1,7 @@
 """Hostile inputs, after the corpus's make_hostile.py, and a checker that runs one file in a fresh process.
 
 `generate(outdir)` writes the same 27 files (names and kinds of content) as
-../shared/corpus/make_hostile.py, so the suite runs on a clone without ../shared.  The slow ones
+../shared/corpus/make_hostile.py, plus EXTRA_NAMES, so the suite runs on a clone without ../shared.  The slow ones
 are built more cheaply but stay as hostile: the big deflate streams repeat one compressed block
 (each ends with a full flush, so the next starts afresh), and the 5000-frame GIF repeats frames
 Pillow encoded once.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["NAMES", "generate", "check"]
+__all__ = ["NAMES", "EXTRA_NAMES", "generate", "check"]
 
 NAMES = (
     "truncated_half.jpg", "truncated_header.jpg", "zero_bytes.jpg", "zero_bytes.png", "text_named.jpg",
@@ -34,13 +34,16 @@ NAMES = (
     "exif_64k.jpg", "exif_16mb.png", "ztxt_bomb.png",
     "solid_16384.png", "solid_16384.jpg", "aspect_1x65500.png", "noise_12mp.png",
 )
+# Beyond make_hostile.py: APNGs whose default image is outside the animation and whose first fdAT
+# chunk is damaged.  OpenCV 5.0.0's imdecode dies with SIGSEGV on these (found by test_process's fuzzing).
+EXTRA_NAMES = ("apng_bad_fdat_crc.png", "apng_bad_fdat_type.png")
 GIB = 1 << 30
 SVG = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)">'
        b'<script>alert(1)</script></svg>')
 
 
 def generate(outdir: Path) -> list[Path]:
-    """Write every hostile input into outdir and return their paths, in the order of NAMES."""
+    """Write every hostile input into outdir and return their paths, in the order of NAMES + EXTRA_NAMES."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -98,8 +101,13 @@ def generate(outdir: Path) -> list[Path]:
     noise = rng.integers(0, 255, (3000, 4000, 3), np.uint8)     # about 36 MB: incompressible
     rows = np.concatenate([np.zeros((3000, 1), np.uint8), noise.reshape(3000, -1)], axis=1)
     files["noise_12mp.png"] = _png(4000, 3000, 8, 2, zlib.compress(rows.tobytes(), 1))
+    apng = _apng_default_outside(8, 8)
+    at = apng.find(b"fdAT")
+    length = struct.unpack(">I", apng[at - 4:at])[0]
+    files["apng_bad_fdat_crc.png"] = apng[:at + 4 + length] + b"\0\0\0\0" + apng[at + 8 + length:]
+    files["apng_bad_fdat_type.png"] = apng[:at + 3] + b"\x81" + apng[at + 4:]
     paths = []
-    for name in NAMES:
+    for name in NAMES + EXTRA_NAMES:
         path = outdir / name
         path.write_bytes(files[name])
         paths.append(path)
@@ -119,6 +127,16 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _png(width: int, height: int, depth: int, color: int, idat: bytes, extra: bytes = b"") -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _apng_default_outside(width: int, height: int) -> bytes:
+    """A gray APNG whose IDAT default image is not a frame, followed by two fcTL + fdAT frames."""
+    pixels = zlib.compress(b"".join(b"\0" + bytes([row * 16 % 256]) * width for row in range(height)))
+    control = [_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, width, height, 0, 0, 1, 10, 0, 0)) for seq in (0, 2)]
+    frames = [_chunk(b"fdAT", struct.pack(">I", seq) + pixels) for seq in (1, 3)]
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"acTL", struct.pack(">II", 2, 0))
+            + _chunk(b"IDAT", pixels) + control[0] + frames[0] + control[1] + frames[1] + _chunk(b"IEND", b""))
 
 
 def _zlib_repeat(unit: bytes, count: int) -> bytes:
