@@ -48,7 +48,7 @@ def worker(data_dir: Path | None, engine: str | None, workers: int | None, task_
         sys.exit(run_static(settings))
     if "PMI_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
         raise click.UsageError("under mpiexec, run the workers as a static pool: "
-                               "mpiexec -n N python -m mpi4py.futures -m pixmill worker ...")
+                               "mpiexec -genv MPIR_CVAR_NOLOCAL 1 -n N python -m mpi4py.futures -m pixmill worker ...")
     run_supervised(settings)
 
 
