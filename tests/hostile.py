@@ -34,9 +34,10 @@ NAMES = (
     "exif_64k.jpg", "exif_16mb.png", "ztxt_bomb.png",
     "solid_16384.png", "solid_16384.jpg", "aspect_1x65500.png", "noise_12mp.png",
 )
-# Beyond make_hostile.py: APNGs whose default image is outside the animation and whose first fdAT
-# chunk is damaged.  OpenCV 5.0.0's imdecode dies with SIGSEGV on these (found by test_process's fuzzing).
-EXTRA_NAMES = ("apng_bad_fdat_crc.png", "apng_bad_fdat_type.png")
+# Beyond make_hostile.py: half a JPEG with an end-of-image marker put back (libjpeg fills the rest
+# with grey and only warns), and APNGs whose default image is outside the animation and whose first
+# fdAT chunk is damaged (OpenCV 5.0.0's imdecode dies with SIGSEGV on the bad type; found by fuzzing).
+EXTRA_NAMES = ("truncated_half_eoi.jpg", "apng_bad_fdat_crc.png", "apng_bad_fdat_type.png")
 GIB = 1 << 30
 SVG = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)">'
        b'<script>alert(1)</script></svg>')
@@ -53,6 +54,7 @@ def generate(outdir: Path) -> list[Path]:
     # truncation, empty files, content that is not what the name says
     files["truncated_half.jpg"] = seed[: len(seed) // 2]
     files["truncated_header.jpg"] = seed[:200]
+    files["truncated_half_eoi.jpg"] = seed[: len(seed) // 2] + b"\xff\xd9"
     files["zero_bytes.jpg"] = files["zero_bytes.png"] = b""
     files["text_named.jpg"] = b"This is plain text, not a JPEG.\n" * 20
     files["png_content_named.jpg"] = small                       # the extension lies, the content is valid

@@ -154,9 +154,13 @@ GENERATED_EXPECT: dict[str, Ok | Refused] = {
     "aspect_1x65500.png": Ok("png", 1, 65500, color=(128,)),
     "noise_12mp.png": Ok("png", 4000, 3000),
 }
-# Damaged APNGs (tests/hostile.py EXTRA_NAMES): refused as corrupt, or their default image processed.
-EXTRA_EXPECT: dict[str, tuple[Ok, Refused]] = {
-    name: (Ok("png", 8, 8, first_frame=True), refused(CORRUPT, words=BAD)) for name in hostile.EXTRA_NAMES}
+# Beyond the corpus (tests/hostile.py EXTRA_NAMES).
+EXTRA_EXPECT: dict[str, Ok | Refused | tuple[Ok | Refused, ...]] = {
+    "truncated_half_eoi.jpg": refused(CORRUPT, words=BAD),      # must not come back half grey
+    # damaged animation frames: refused as corrupt, or the intact default image processed
+    "apng_bad_fdat_crc.png": (Ok("png", 8, 8, first_frame=True), refused(CORRUPT, words=BAD)),
+    "apng_bad_fdat_type.png": (Ok("png", 8, 8, first_frame=True), refused(CORRUPT, words=BAD)),
+}
 # ... and processed with the limit raised (a pipeline that shrinks them, to stay in 2 GB)
 RAISED_EXPECT: dict[str, Ok] = {
     "solid_16384.png": Ok("png", 1024, 1024, color=(255, 128, 0)),
