@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["NAMES", "EXTRA_NAMES", "generate", "check"]
+__all__ = ["NAMES", "EXTRA_NAMES", "generate", "check", "png", "chunk"]
 
 NAMES = (
     "truncated_half.jpg", "truncated_header.jpg", "zero_bytes.jpg", "zero_bytes.png", "text_named.jpg",
@@ -63,8 +63,8 @@ def generate(outdir: Path) -> list[Path]:
     bad[29] ^= 0xFF                                               # inside the IHDR CRC
     files["png_bad_crc.png"] = bytes(bad)
     # decompression bombs: huge dimensions in tiny files
-    files["png_bomb_header_only.png"] = _png(100_000, 100_000, 8, 0, zlib.compress(b"\0" * 100_001))
-    files["png_bomb_1bit_65535x65535.png"] = _png(65535, 65535, 1, 0, _zlib_repeat(b"\0" * (1 + 8192) * 257, 255))
+    files["png_bomb_header_only.png"] = png(100_000, 100_000, 8, 0, zlib.compress(b"\0" * 100_001))
+    files["png_bomb_1bit_65535x65535.png"] = png(65535, 65535, 1, 0, _zlib_repeat(b"\0" * (1 + 8192) * 257, 255))
     files["jpeg_sof_65500x65500.jpg"] = _jpeg_with_size(seed, 65500, 65500)
     files["gif_screen_65535.gif"] = (b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x80\0\0\0\0\0\xff\xff\xff"
                                      + b",\0\0\0\0" + struct.pack("<HH", 65535, 65535) + b"\0\x02\x02\x44\x01\0;")
@@ -80,7 +80,7 @@ def generate(outdir: Path) -> list[Path]:
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("evil.html", "<script>alert(1)</script>")
     files["polyglot_jpeg_zip.jpg"] = seed + archive.getvalue()
-    files["png_html_in_text.png"] = _png(1, 1, 8, 0, zlib.compress(b"\0\0"), _chunk(
+    files["png_html_in_text.png"] = png(1, 1, 8, 0, zlib.compress(b"\0\0"), chunk(
         b"tEXt", b"Comment\0<script>alert(1)</script><?php system($_GET['c']); ?>"))
     # 5000 frames of 400×400: about 3 GB if a decoder expands every frame to RGBA
     files["gif_5000_frames.gif"] = _gif_frames(5000, 400)
@@ -92,17 +92,17 @@ def generate(outdir: Path) -> list[Path]:
     exif[0x010E] = "B" * (16 << 20)
     exif[0x0112] = 6
     files["exif_16mb.png"] = _encode(Image.new("RGB", (32, 32)), "PNG", exif=exif.tobytes())
-    files["ztxt_bomb.png"] = _png(1, 1, 8, 0, zlib.compress(b"\0\0"),
-                                  _chunk(b"zTXt", b"k\0\0" + _zlib_repeat(b"x" * (1 << 20), 256)))
+    files["ztxt_bomb.png"] = png(1, 1, 8, 0, zlib.compress(b"\0\0"),
+                                  chunk(b"zTXt", b"k\0\0" + _zlib_repeat(b"x" * (1 << 20), 256)))
     # big but legal
-    files["solid_16384.png"] = _png(16384, 16384, 8, 2, _zlib_repeat((b"\0" + b"\x00\x80\xff" * 16384) * 256, 64))
+    files["solid_16384.png"] = png(16384, 16384, 8, 2, _zlib_repeat((b"\0" + b"\x00\x80\xff" * 16384) * 256, 64))
     solid = Image.new("RGB", (16384, 16384), (0, 128, 255))
     files["solid_16384.jpg"] = _encode(solid, "JPEG", quality=75)
     del solid
     files["aspect_1x65500.png"] = _encode(Image.new("L", (1, 65500), 128), "PNG")
     noise = rng.integers(0, 255, (3000, 4000, 3), np.uint8)     # about 36 MB: incompressible
     rows = np.concatenate([np.zeros((3000, 1), np.uint8), noise.reshape(3000, -1)], axis=1)
-    files["noise_12mp.png"] = _png(4000, 3000, 8, 2, zlib.compress(rows.tobytes(), 1))
+    files["noise_12mp.png"] = png(4000, 3000, 8, 2, zlib.compress(rows.tobytes(), 1))
     apng = _apng_default_outside(8, 8)
     at = apng.find(b"fdAT")
     length = struct.unpack(">I", apng[at - 4:at])[0]
@@ -122,23 +122,25 @@ def _encode(image: Image.Image, fmt: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk with its length and CRC."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png(width: int, height: int, depth: int, color: int, idat: bytes, extra: bytes = b"") -> bytes:
+def png(width: int, height: int, depth: int, color: int, idat: bytes, extra: bytes = b"") -> bytes:
+    """A PNG of one IDAT chunk with the given header, and extra chunks before the IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _apng_default_outside(width: int, height: int) -> bytes:
     """A gray APNG whose IDAT default image is not a frame, followed by two fcTL + fdAT frames."""
     pixels = zlib.compress(b"".join(b"\0" + bytes([row * 16 % 256]) * width for row in range(height)))
-    control = [_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, width, height, 0, 0, 1, 10, 0, 0)) for seq in (0, 2)]
-    frames = [_chunk(b"fdAT", struct.pack(">I", seq) + pixels) for seq in (1, 3)]
+    control = [chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, width, height, 0, 0, 1, 10, 0, 0)) for seq in (0, 2)]
+    frames = [chunk(b"fdAT", struct.pack(">I", seq) + pixels) for seq in (1, 3)]
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"acTL", struct.pack(">II", 2, 0))
-            + _chunk(b"IDAT", pixels) + control[0] + frames[0] + control[1] + frames[1] + _chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"acTL", struct.pack(">II", 2, 0))
+            + chunk(b"IDAT", pixels) + control[0] + frames[0] + control[1] + frames[1] + chunk(b"IEND", b""))
 
 
 def _zlib_repeat(unit: bytes, count: int) -> bytes:

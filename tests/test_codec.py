@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from hostile import _png
+from hostile import png
 from pixmill import codec
-from pixmill.errors import CorruptImage, ImageTooLarge, UnsupportedFormat
+from pixmill.errors import CorruptImage, ImageTooLarge, PixmillError, UnsupportedFormat
 from pixmill.pipeline import parse_pipeline
 from pixmill.process import Output, process
 
@@ -114,7 +114,7 @@ def test_probe_reads_size_and_animation_from_the_header(name: str, size: tuple[i
 @pytest.mark.parametrize("width, height", [(100_000, 100_000), (12_000, 12_000), (65_535, 1_700)])
 def test_probe_refuses_an_oversized_header_without_allocating(width: int, height: int) -> None:
     """A tiny PNG claiming width×height pixels: refused at once, naming its size and the limit."""
-    bomb = _png(width, height, 8, 0, b"x\x9c\x03\x00\x00\x00\x00\x01")
+    bomb = png(width, height, 8, 0, b"x\x9c\x03\x00\x00\x00\x00\x01")
     reset_peak_rss()
     tracemalloc.start()
     started = time.perf_counter()
@@ -143,7 +143,7 @@ def test_probe_and_decode_honour_a_configured_limit() -> None:
 
 
 def test_a_big_legal_header_is_read_without_decoding() -> None:
-    header_only = _png(16_384, 16_384, 8, 2, b"x\x9c\x03\x00\x00\x00\x00\x01")
+    header_only = png(16_384, 16_384, 8, 2, b"x\x9c\x03\x00\x00\x00\x00\x01")
     reset_peak_rss()
     info = codec.probe(header_only, max_pixels=300_000_000)
     assert (info.width, info.height) == (16_384, 16_384)
@@ -394,6 +394,17 @@ def test_every_output_format(name: str, fmt: str, pillow_name: str) -> None:
         assert psnr(out, cv2.cvtColor(expected, cv2.COLOR_GRAY2BGR)) > 30
     else:
         assert psnr(out, expected) > 30
+
+
+def test_a_result_too_tall_for_webp_says_so() -> None:
+    """WebP holds at most 16383 pixels a side: the input is not corrupt, and the message says what to do."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 20_000), 128).save(buffer, "PNG")
+    with pytest.raises(PixmillError) as info:
+        run(buffer.getvalue(), "blur", "webp")
+    assert not isinstance(info.value, CorruptImage), info.value.message
+    assert "16383" in info.value.message, info.value.message
+    assert run(buffer.getvalue(), "blur", "png").height == 20_000
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
