@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from flask.testing import FlaskClient
+
 from pixmill import codec
 from pixmill.config import Settings
 from pixmill.errors import ImageTooLarge
@@ -50,9 +52,21 @@ def app(settings: Settings, store: Store):
     return create_app(settings, store, sse_poll=0.05, sse_max_seconds=20)
 
 
+class BufferedClient(FlaskClient):
+    """A test client that reads each response whole and closes it (so served files are closed)."""
+
+    def open(self, *args, buffered: bool = True, **kwargs):
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
+def make_client(app):
+    app.test_client_class = BufferedClient
+    return app.test_client()
+
+
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    return make_client(app)
 
 
 @contextmanager
@@ -268,7 +282,7 @@ def test_events_say_gone_when_the_job_is_deleted(app, client, store):
 
 def test_event_streams_are_limited_to_half_the_threads(store):
     settings = replace(store.settings, threads=2)                      # one stream at a time
-    client = create_app(settings, store, sse_poll=0.01, sse_max_seconds=20).test_client()
+    client = make_client(create_app(settings, store, sse_poll=0.01, sse_max_seconds=20))
     job = post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"}).get_json()
     url = f"/api/v1/jobs/{job['id']}/events"
     first = client.get(url, buffered=False)
@@ -348,9 +362,38 @@ def test_request_limit_is_counted_while_streaming(settings, store):
     assert stored_blobs(settings) == []
 
 
+def test_a_header_past_the_head_is_read_from_the_stored_file(client, store, settings):
+    jpeg = (REAL / "sk_rocket.jpg").read_bytes()
+    padding = (b"\xff\xef" + (65535).to_bytes(2, "big") + bytes(65533)) * 5   # 320 KB of APP15 before SOF
+    padded = jpeg[:2] + padding + jpeg[2:]
+    response = post_job(client, {"files": [(io.BytesIO(padded), "padded.jpg")], "operations": "grayscale"})
+    assert response.status_code == 202, response.get_json()
+    with dispatcher(store, settings):
+        done = wait_job(client, response.get_json()["id"])
+    assert (done["tasks"][0]["state"], done["tasks"][0]["width"]) == ("done", 640)
+
+
+@pytest.mark.slow
+def test_every_hostile_file_gets_a_4xx_or_a_failed_task_never_a_5xx(client, store, settings):
+    accepted = []
+    for path in sorted(HOSTILE.iterdir()):
+        response = post_job(client, {"files": [(io.BytesIO(path.read_bytes()), path.name)], "pipeline": "grayscale"})
+        assert response.status_code in (202, 400, 413, 415, 422), (path.name, response.get_json())
+        if response.status_code == 202:
+            accepted.append(response.get_json()["id"])
+        else:
+            assert path.name in response.get_json()["message"]
+    with dispatcher(store, settings):
+        for job_id in accepted:
+            job = wait_job(client, job_id)
+            task = job["tasks"][0]
+            result = client.get(path_of(task["result_url"]))
+            assert (task["state"], result.status_code) in (("done", 200), ("failed", 422)), task
+
+
 def test_too_many_pixels_is_refused_from_the_header(tmp_path, store):
     settings = Settings(data_dir=store.settings.data_dir, max_pixels=100_000)
-    client = create_app(settings, store).test_client()
+    client = make_client(create_app(settings, store))
     response = post_job(client, {"files": files("sk_camera.png"), "operations": "grayscale"})
     assert_error(response, 413, "too_large", "sk_camera.png", "512×512", "MP")
     assert stored_blobs(settings) == []
@@ -358,7 +401,7 @@ def test_too_many_pixels_is_refused_from_the_header(tmp_path, store):
 
 def test_full_quota_is_507_and_stores_nothing(store):
     settings = replace(store.settings, quota_bytes=50_000)
-    client = create_app(settings, Store.open(settings)).test_client()
+    client = make_client(create_app(settings, Store.open(settings)))
     response = post_job(client, {"files": files("sk_camera.png"), "operations": "grayscale"})
     assert_error(response, 507, "storage_full")
     assert stored_blobs(settings) == []
@@ -409,7 +452,7 @@ def test_client_names_never_reach_paths_and_downloads_are_safe(client, store, se
 def test_tokens_guard_every_api_call_and_jobs_are_private(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", api_tokens=("alpha-token", "beta-token"))
     with Store.open(settings) as store:
-        client = create_app(settings, store).test_client()
+        client = make_client(create_app(settings, store))
         alpha = {"Authorization": "Bearer alpha-token"}
         beta = {"Authorization": "Bearer beta-token"}
         missing = client.get("/api/v1/operations")
