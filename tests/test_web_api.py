@@ -401,8 +401,9 @@ def test_too_many_pixels_is_refused_from_the_header(tmp_path, store):
 
 def test_full_quota_is_507_and_stores_nothing(store):
     settings = replace(store.settings, quota_bytes=50_000)
-    client = make_client(create_app(settings, Store.open(settings)))
-    response = post_job(client, {"files": files("sk_camera.png"), "operations": "grayscale"})
+    with Store.open(settings) as quota_store:
+        client = make_client(create_app(settings, quota_store))
+        response = post_job(client, {"files": files("sk_camera.png"), "operations": "grayscale"})
     assert_error(response, 507, "storage_full")
     assert stored_blobs(settings) == []
 

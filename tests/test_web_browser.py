@@ -143,6 +143,15 @@ def test_three_images_with_different_operations_to_a_zip(page: Page, server: Ser
 
 
 @pytest.mark.browser
+def test_api_docs_render_offline(page: Page, server: Server):
+    page.goto(server.url + "api/v1/docs")
+    expect(page.locator(".opblock").first).to_be_visible()
+    assert page.locator(".opblock").count() >= 11
+    expect(page.locator(".opblock-summary-path").filter(has_text="/api/v1/jobs/{job_id}/events")).to_have_count(1)
+    assert page.problems == []
+
+
+@pytest.mark.browser
 @pytest.mark.slow
 def test_errors_are_shown_in_words(page: Page, server: Server, tmp_path: Path):
     page.goto(server.url)
