@@ -373,7 +373,6 @@ def test_a_header_past_the_head_is_read_from_the_stored_file(client, store, sett
     assert (done["tasks"][0]["state"], done["tasks"][0]["width"]) == ("done", 640)
 
 
-@pytest.mark.slow
 def test_every_hostile_file_gets_a_4xx_or_a_failed_task_never_a_5xx(client, store, settings):
     accepted = []
     for path in sorted(HOSTILE.iterdir()):
