@@ -37,7 +37,8 @@ NAMES = (
 # Beyond make_hostile.py: half a JPEG with an end-of-image marker put back (libjpeg fills the rest
 # with grey and only warns), and APNGs whose default image is outside the animation and whose first
 # fdAT chunk is damaged (OpenCV 5.0.0's imdecode dies with SIGSEGV on the bad type; found by fuzzing).
-EXTRA_NAMES = ("truncated_half_eoi.jpg", "apng_bad_fdat_crc.png", "apng_bad_fdat_type.png")
+# And a 16-bit RGBA PNG of exactly 100 MP: legal at the default limit, 1 MB on disk, 800 MB decoded.
+EXTRA_NAMES = ("truncated_half_eoi.jpg", "apng_bad_fdat_crc.png", "apng_bad_fdat_type.png", "rgba16_100mp.png")
 GIB = 1 << 30
 SVG = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)">'
        b'<script>alert(1)</script></svg>')
@@ -108,6 +109,8 @@ def generate(outdir: Path) -> list[Path]:
     length = struct.unpack(">I", apng[at - 4:at])[0]
     files["apng_bad_fdat_crc.png"] = apng[:at + 4 + length] + b"\0\0\0\0" + apng[at + 8 + length:]
     files["apng_bad_fdat_type.png"] = apng[:at + 3] + b"\x81" + apng[at + 4:]
+    row = b"\0" + b"\x12\x34\x56\x78\x9a\xbc\xff\xff" * 10_000
+    files["rgba16_100mp.png"] = png(10_000, 10_000, 16, 6, _zlib_repeat(row * 50, 200))
     paths = []
     for name in NAMES + EXTRA_NAMES:
         path = outdir / name
