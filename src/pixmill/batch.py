@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import codec
+from . import codec, containers
 from .errors import ImageTooLarge, PixmillError
 from .pipeline import Pipeline
 from .process import Output, process
@@ -68,7 +68,7 @@ def plan_targets(sources: list[Path], out_dir: Path, pipeline: Pipeline, output:
     for source in sources:
         fmt = output.format
         if fmt == "auto":
-            fmt = codec.output_format("auto", _sniff_file(source) or "png")
+            fmt = _predicted_format(source)
         stem, ext = f"{source.stem}.{pipeline.slug()}", codec.EXTENSIONS[fmt]
         target, n = out_dir / f"{stem}.{ext}", 2
         while target.resolve() in taken:
@@ -121,6 +121,8 @@ def _record(future: Future, source: Path, target: Path) -> Outcome:
         return Outcome(source, error="a worker process died while processing this image")
     except Exception as exc:
         return Outcome(source, error=f"{type(exc).__name__}: {exc}")
+    if target.suffix != "." + result.extension:  # the head of the file predicted another format
+        target = target.with_suffix("." + result.extension)
     partial = target.with_name(target.name + ".part")
     partial.write_bytes(result.data)
     partial.replace(target)
@@ -134,12 +136,15 @@ def _read_input(path: Path, max_bytes: int) -> bytes:
     return path.read_bytes()
 
 
-def _sniff_file(path: Path) -> str | None:
+def _predicted_format(path: Path) -> str:
+    """The format auto output will have, from the head of the file (WebP: lossy or lossless)."""
     try:
         with path.open("rb") as f:
-            return codec.sniff(f.read(64))
+            head = f.read(1 << 16)
+        source = codec.sniff(head)
     except (OSError, PixmillError):
-        return None
+        return "png"
+    return codec.output_format("auto", source, lossy=source != "webp" or containers.webp_is_lossy(head))
 
 
 def _describe(exc: Exception) -> str:

@@ -1,10 +1,10 @@
 """Read and write image bytes safely: sniff by magic bytes, check the header, decode, encode.
 
-Formats are found from the bytes, never the file name.  The header is read (with Pillow, which
-reads only the header on open) and the pixel limit enforced before anything is decoded.  JPEG and
-PNG are decoded with OpenCV for speed (a JPEG without its end marker is refused, because libjpeg
-would fill the missing part with grey); GIF, BMP, WebP and TIFF with Pillow, which refuses
-truncated data.  Outputs are encoded with OpenCV and carry no metadata.
+Formats are found from the bytes, never the file name.  The header is read and the pixel limit
+enforced before anything is decoded.  Decoders are strict: a truncated or corrupt file is an error,
+never a partly grey image.  JPEG is decoded by libjpeg-turbo in strict mode (simplejpeg), PNG by
+OpenCV's libpng after the still image's chunks are picked out (containers.clean_png), and GIF, BMP,
+WebP and TIFF by Pillow.  Outputs are encoded by OpenCV and carry no metadata.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CorruptImage, ImageTooLarge, UnsupportedFormat
+from . import containers
+from .errors import CorruptImage, ImageTooLarge, ProcessingFailed, UnsupportedFormat
 
 __all__ = ["FORMATS", "MEDIA_TYPES", "EXTENSIONS", "ImageInfo", "Decoded",
            "sniff", "probe", "decode", "encode", "output_format"]
@@ -28,29 +30,36 @@ MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "
                "bmp": "image/bmp", "tiff": "image/tiff"}
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tif"}
 ACCEPTED = "JPEG, PNG, WebP, GIF, BMP and TIFF"
+MAX_SIDE = {"jpeg": 65535, "webp": 16383}
+# 16-bit colour takes 6 or 8 bytes a pixel: the decoded size is capped as for 8-bit RGBA at the pixel limit.
+MAX_BYTES_PER_PIXEL = 4
 
-_MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
-          (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
-_LOOKS_LIKE = ((b"<svg", "SVG"), (b"<?xml", "XML or SVG"), (b"<!doctype html", "HTML"), (b"<html", "HTML"),
-               (b"8bps", "Photoshop (PSD)"), (b"\x00\x00\x00\x0cjp2", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
-               (b"\x01\xda", "SGI"), (b"%pdf", "PDF"), (b"pk\x03\x04", "ZIP"), (b"\x00\x00\x01\x00", "ICO"),
-               (b"ii+\x00", "BigTIFF"), (b"mm\x00+", "BigTIFF"))
-_PILLOW_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
-                   "DIB": "bmp", "TIFF": "tiff"}
+_MAGIC = ((b"\xff\xd8\xff", "jpeg"), (containers.PNG_SIGNATURE, "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+          (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+_OTHER_BINARY = ((b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+                 (b"8BPS", "Photoshop (PSD)"), (b"\x01\xda", "SGI"), (b"%PDF", "PDF"), (b"PK\x03\x04", "ZIP"),
+                 (b"\x00\x00\x01\x00", "ICO"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"))
+_OTHER_TEXT = ((b"<svg", "SVG"), (b"<?xml", "XML or SVG"), (b"<!doctype html", "HTML"), (b"<html", "HTML"))
+_PILLOW_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "DIB": "bmp",
+                   "TIFF": "tiff"}
 _ORIENTATION_TAG = 0x0112
+# pixmill's own limit, checked on the header's size with a message naming it, replaces Pillow's.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says: format, size, Pillow mode, whether it has more frames, orientation."""
+    """What the header says: format, size, Pillow mode, more frames, orientation, lossy or not."""
 
     format: str
     width: int
     height: int
-    mode: str
+    mode: str = ""
     animated: bool = False
     orientation: int = 1
+    lossy: bool = False
     notes: tuple[str, ...] = ()
+    bytes_per_pixel: int = 4
 
     @property
     def pixels(self) -> int:
@@ -64,6 +73,7 @@ class Decoded:
 
     image: np.ndarray
     format: str
+    lossy: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -76,9 +86,13 @@ def sniff(data: bytes) -> str:
             return name
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    text = all(32 <= b < 127 or b in (9, 10, 13) for b in data[:256])
+    if data[:2] == b"BM" and not text:
+        return "bmp"
     head = data[:256].lstrip().lower()
-    kind = next((label for magic, label in _LOOKS_LIKE if head.startswith(magic)), None)
-    if kind is None and all(32 <= b < 127 or b in (9, 10, 13) for b in data[:256]):
+    kind = next((label for magic, label in _OTHER_BINARY if data.startswith(magic)), None)
+    kind = kind or next((label for magic, label in _OTHER_TEXT if head.startswith(magic)), None)
+    if kind is None and text:
         kind = "text"
     what = f"it looks like {kind}" if kind else "its first bytes match no image format"
     raise UnsupportedFormat(f"not a supported image: {what}; pixmill accepts {ACCEPTED}")
@@ -87,17 +101,95 @@ def sniff(data: bytes) -> str:
 def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
     """Read the header (never the pixels), and refuse an image over max_pixels."""
     fmt = sniff(data)
-    if (Image.MAX_IMAGE_PIXELS or 0) < max_pixels:  # only ever raised: pixmill's own check below is the limit
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    info = _probe_png(data) if fmt == "png" else _probe_pillow(data, fmt)
+    if info.width <= 0 or info.height <= 0:
+        raise CorruptImage(f"the header says the image is {info.width}×{info.height}")
+    if info.pixels > max_pixels:
+        raise ImageTooLarge(f"{info.width}×{info.height} is {info.pixels / 1e6:.1f} MP, "
+                            f"over the {max_pixels / 1e6:g} MP limit")
+    if info.pixels * info.bytes_per_pixel > max_pixels * MAX_BYTES_PER_PIXEL:
+        raise ImageTooLarge(f"{info.width}×{info.height} at {info.bytes_per_pixel} bytes a pixel needs "
+                            f"{info.pixels * info.bytes_per_pixel / 1e6:.0f} MB decoded, over the "
+                            f"{max_pixels * MAX_BYTES_PER_PIXEL / 1e6:.0f} MB limit (4 bytes × the pixel limit)")
+    return info
+
+
+def decode(data: bytes, *, max_pixels: int) -> Decoded:
+    """Decode into an OpenCV-layout array with EXIF orientation applied, or raise a PixmillError."""
+    info = probe(data, max_pixels=max_pixels)
+    if info.format == "jpeg":
+        image = _decode_jpeg(data, info)
+    elif info.format == "png":
+        image = _decode_png(data)
+    elif info.format == "tiff" and _tiff_is_deep(data):
+        image = _decode_opencv(data, "TIFF")
+    else:
+        image = _decode_pillow(data, info)
+    if image.shape[:2] != (info.height, info.width):
+        raise CorruptImage(f"the header says {info.width}×{info.height} but the data holds "
+                           f"{image.shape[1]}×{image.shape[0]}")
+    notes = list(info.notes)
+    if info.animated:
+        notes.append("the file has several frames or pages: only the first was processed")
+    if info.orientation != 1:
+        image = _orient(image, info.orientation)
+        notes.append(f"EXIF orientation {info.orientation} applied")
+    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes)
+
+
+def output_format(requested: str, source: str, *, lossy: bool = True) -> str:
+    """The format to write: the requested one, or for auto JPEG→JPEG, lossy WebP→WebP, the rest→PNG."""
+    if requested != "auto":
+        return requested
+    if source == "jpeg" or (source == "webp" and lossy):
+        return source
+    return "png"
+
+
+def encode(image: np.ndarray, fmt: str, *, quality: int = 90) -> tuple[bytes, list[str]]:
+    """Encode an OpenCV-layout array; returns the bytes and notes on any conversion."""
+    notes: list[str] = []
+    limit = MAX_SIDE.get(fmt)
+    if limit and max(image.shape[:2]) > limit:
+        raise ProcessingFailed(f"{fmt.upper()} images are at most {limit} pixels wide and high, and the result is "
+                               f"{image.shape[1]}×{image.shape[0]}; choose png or tiff output")
+    if fmt in ("jpeg", "webp") and image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+        notes.append(f"{fmt.upper()} holds 8 bits per channel: converted from 16-bit")
+    if fmt == "jpeg" and image.ndim == 3 and image.shape[2] == 4:
+        image = _flatten_alpha(image)
+        notes.append("JPEG has no transparency: composited on white")
+    params = {"jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality], "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
+              "png": [cv2.IMWRITE_PNG_COMPRESSION, 3], "tiff": []}[fmt]
+    ok, buffer = cv2.imencode("." + EXTENSIONS[fmt], image, params)
+    if not ok:
+        raise ProcessingFailed(f"the result could not be encoded as {fmt.upper()}")
+    return buffer.tobytes(), notes
+
+
+def _probe_png(data: bytes) -> ImageInfo:
+    try:
+        header = containers.read_png(data)
+    except containers.ChunkError as exc:
+        raise CorruptImage(f"the PNG is damaged: {exc}") from None
+    notes: list[str] = []
+    orientation = 1
+    if header.exif:
+        exif = Image.Exif()
+        orientation = _orientation(lambda: (exif.load(header.exif), exif)[1], notes)
+    channels = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}.get(header.color_type, 4)
+    depth = 2 if header.bit_depth == 16 else 1
+    return ImageInfo("png", header.width, header.height, "", header.animated, orientation, False, tuple(notes),
+                     channels * depth)
+
+
+def _probe_pillow(data: bytes, fmt: str) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data))
             width, height = im.size
             mode, pillow_format = im.mode, im.format
-    except Image.DecompressionBombError:
-        raise ImageTooLarge(f"the header claims over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP, "
-                            f"over the {max_pixels / 1e6:g} MP limit") from None
     except UnidentifiedImageError:
         if fmt == "tiff":
             raise UnsupportedFormat("this TIFF layout cannot be read (for example several planes, "
@@ -109,124 +201,76 @@ def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
         raise CorruptImage(f"the {fmt.upper()} header is damaged ({_reason(exc)})") from None
     if _PILLOW_FORMATS.get(pillow_format or "") != fmt:
         raise UnsupportedFormat(f"not a supported image: the header is {pillow_format}; pixmill accepts {ACCEPTED}")
-    if width <= 0 or height <= 0:
-        raise CorruptImage(f"the header says the image is {width}×{height}")
-    if width * height > max_pixels:
-        raise ImageTooLarge(f"{width}×{height} is {width * height / 1e6:.1f} MP, "
-                            f"over the {max_pixels / 1e6:g} MP limit")
     notes: list[str] = []
-    orientation = 1
-    try:
-        orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
-        if orientation not in range(1, 9):
-            notes.append(f"EXIF orientation {orientation} is invalid; ignored")
-            orientation = 1
-    except Exception:
-        notes.append("EXIF metadata is unreadable; orientation ignored")
+    orientation = _orientation(im.getexif, notes)
     try:
         animated = bool(getattr(im, "is_animated", False))
     except Exception:
         animated = False
-    return ImageInfo(fmt, width, height, mode, animated, orientation, tuple(notes))
+    lossy = fmt == "jpeg" or (fmt == "webp" and containers.webp_is_lossy(data))
+    deep = fmt == "tiff" and _tiff_is_deep(data)
+    return ImageInfo(fmt, width, height, mode, animated, orientation, lossy, tuple(notes), 8 if deep else 4)
 
 
-def decode(data: bytes, *, max_pixels: int) -> Decoded:
-    """Decode into an OpenCV-layout array with EXIF orientation applied, or raise a PixmillError."""
-    info = probe(data, max_pixels=max_pixels)
-    if info.format == "jpeg":
-        image = _decode_jpeg(data, info)
-    elif info.format == "png" or (info.format == "tiff" and _tiff_is_deep(data)):
-        image = _decode_opencv(data, info)
-    else:
-        image = _decode_pillow(data, info)
-    if image.shape[0] * image.shape[1] > max_pixels:  # the decoder disagreed with the header
-        raise ImageTooLarge(f"{image.shape[1]}×{image.shape[0]} is over the {max_pixels / 1e6:g} MP limit")
-    notes = list(info.notes)
-    if info.animated:
-        notes.append("the file has several frames or pages: only the first was processed")
-    if info.orientation != 1:
-        image = _orient(image, info.orientation)
-        notes.append(f"EXIF orientation {info.orientation} applied")
-    return Decoded(np.ascontiguousarray(image), info.format, notes)
-
-
-def output_format(requested: str, source: str) -> str:
-    """The format to write: the requested one, or for auto JPEG→JPEG, WebP→WebP, anything else→PNG."""
-    if requested != "auto":
-        return requested
-    return source if source in ("jpeg", "webp") else "png"
-
-
-def encode(image: np.ndarray, fmt: str, *, quality: int = 90) -> tuple[bytes, list[str]]:
-    """Encode an OpenCV-layout array; returns the bytes and notes on any conversion."""
-    notes: list[str] = []
-    if fmt in ("jpeg", "webp") and image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-        notes.append(f"{fmt.upper()} holds 8 bits per channel: converted from 16-bit")
-    if fmt == "jpeg" and image.ndim == 3 and image.shape[2] == 4:
-        image = _flatten_alpha(image)
-        notes.append("JPEG has no transparency: composited on white")
-    params = {"jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality], "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
-              "png": [cv2.IMWRITE_PNG_COMPRESSION, 3], "tiff": []}[fmt]
-    ok, buffer = cv2.imencode("." + EXTENSIONS[fmt], image, params)
-    if not ok:
-        raise CorruptImage(f"could not encode the result as {fmt.upper()}")
-    return buffer.tobytes(), notes
+def _orientation(read_exif, notes: list[str]) -> int:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = int(read_exif().get(_ORIENTATION_TAG, 1) or 1)
+    except Exception:
+        notes.append("EXIF metadata is unreadable; orientation ignored")
+        return 1
+    if value not in range(1, 9):
+        notes.append(f"EXIF orientation {value} is invalid; ignored")
+        return 1
+    return value
 
 
 def _decode_jpeg(data: bytes, info: ImageInfo) -> np.ndarray:
-    scan = _jpeg_scan_start(data)
-    if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
-        raise CorruptImage("the JPEG is truncated: its end-of-image marker is missing")
-    flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_GRAYSCALE if info.mode == "L" else cv2.IMREAD_COLOR)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise CorruptImage("the JPEG data is damaged and cannot be decoded")
-    return image
+    try:
+        if info.mode == "L":
+            return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)[..., 0]
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError as exc:
+        text = str(exc).strip()
+        if "premature end" in text.lower():
+            raise CorruptImage("the JPEG is truncated: its data ends early") from None
+        raise CorruptImage(f"the JPEG data is corrupt ({_reason(exc)})") from None
 
 
-def _jpeg_scan_start(data: bytes) -> int:
-    """The offset of the first start-of-scan segment, skipping headers (an EXIF thumbnail has its own end marker)."""
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return -1
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker == 0xDA:
-            return pos
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            pos += 2
-            continue
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return -1
+def _decode_png(data: bytes) -> np.ndarray:
+    try:
+        clean = containers.clean_png(data)
+    except containers.ChunkError as exc:
+        raise CorruptImage(f"the PNG is damaged: {exc}") from None
+    return _decode_opencv(clean, "PNG")
 
 
-def _decode_opencv(data: bytes, info: ImageInfo) -> np.ndarray:
+def _decode_opencv(data: bytes, label: str) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
-        raise CorruptImage(f"the {info.format.upper()} data is truncated or damaged and cannot be decoded")
+        raise CorruptImage(f"the {label} data is truncated or damaged and cannot be decoded")
     if image.dtype not in (np.uint8, np.uint16):
-        raise UnsupportedFormat(f"{info.format.upper()} with {image.dtype} samples is not supported; "
-                                f"use 8 or 16 bits per channel")
+        raise UnsupportedFormat(f"{label} with {image.dtype} samples is not supported; use 8 or 16 bits per channel")
     if image.ndim == 3 and image.shape[2] == 2:
-        image = cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR), image[..., 1]
-        image = np.dstack(image)
+        image = np.dstack([cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR), image[..., 1]])
     return image
 
 
 def _decode_pillow(data: bytes, info: ImageInfo) -> np.ndarray:
+    problem = containers.bmp_rle_problem(data) if info.format == "bmp" else None
+    if problem:
+        raise CorruptImage(f"the BMP is damaged: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data))
             im.load()
+            if info.format == "bmp" and im.mode == "P":
+                _check_palette(im)
             return _pillow_to_array(im)
-    except Image.DecompressionBombError:
-        raise ImageTooLarge(f"a frame of the image is over the {info.width}×{info.height} the header "
-                            f"claims and the pixel limit") from None
+    except CorruptImage:
+        raise
     except MemoryError:
         raise ImageTooLarge("the image needs more memory to decode than is allowed") from None
     except Exception as exc:
@@ -250,15 +294,20 @@ def _pillow_to_array(im: Image.Image) -> np.ndarray:
     array = np.asarray(im)
     if array.ndim == 2:
         return array
-    code = cv2.COLOR_RGBA2BGRA if array.shape[2] == 4 else cv2.COLOR_RGB2BGR
-    return cv2.cvtColor(array, code)
+    return cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA if array.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+
+
+def _check_palette(im: Image.Image) -> None:
+    colors = len(im.getpalette() or ()) // 3
+    highest = int(np.asarray(im).max(initial=0))
+    if highest >= colors:
+        raise CorruptImage(f"the BMP is damaged: a pixel uses colour {highest} of a {colors}-colour palette")
 
 
 def _tiff_is_deep(data: bytes) -> bool:
     """Whether a TIFF has 16-bit colour samples, which Pillow would cut to 8 bits."""
     try:
-        im = Image.open(io.BytesIO(data))
-        bits = im.tag_v2.get(258, (8,))
+        bits = Image.open(io.BytesIO(data)).tag_v2.get(258, (8,))
         bits = bits if isinstance(bits, tuple) else (bits,)
         return max(bits) == 16 and len(bits) >= 3
     except Exception:

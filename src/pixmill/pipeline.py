@@ -107,8 +107,14 @@ def run_pipeline(pipeline: Pipeline, image: np.ndarray, *, max_pixels: int | Non
                 image = op.apply(image, **step.kwargs)
         except (ValueError, ArithmeticError) as exc:
             raise ProcessingFailed(f"{where}: {exc}") from None
+        except MemoryError:
+            raise ProcessingFailed(f"{where}: not enough memory for this operation on a "
+                                   f"{image.shape[1]}×{image.shape[0]} image") from None
         except Exception as exc:  # cv2.error and the like: say which step, never crash the worker
             lines = str(exc).strip().splitlines()
+            if "Insufficient memory" in str(exc):
+                raise ProcessingFailed(f"{where}: not enough memory for this operation on a "
+                                       f"{image.shape[1]}×{image.shape[0]} image") from None
             raise ProcessingFailed(f"{where}: {type(exc).__name__}" + (f": {lines[-1]}" if lines else "")) from None
         if image.size == 0:
             raise ProcessingFailed(f"{where}: the result is empty")

@@ -59,7 +59,7 @@ def process(data: bytes, pipeline: Pipeline, output: Output = Output(), *,
     try:
         decoded = codec.decode(data, max_pixels=max_pixels)
         image, notes = run_pipeline(pipeline, decoded.image, max_pixels=max_pixels)
-        fmt = codec.output_format(output.format, decoded.format)
+        fmt = codec.output_format(output.format, decoded.format, lossy=decoded.lossy)
         encoded, encode_notes = codec.encode(image, fmt, quality=output.quality)
     except PixmillError:
         raise
