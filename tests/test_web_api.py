@@ -490,3 +490,7 @@ def test_metrics_count_tasks_queue_workers_and_times(client, store, settings):
         assert "pixmill_workers 1.0" in text
     assert 'pixmill_tasks{state="done"} 2.0' in text
     assert 'pixmill_task_seconds_bucket{le="+Inf"} 2.0' in text
+    # The histogram is cumulative: later scrapes count each task once, and never less.
+    for _ in range(2):
+        text = client.get("/metrics").get_data(as_text=True)
+        assert "pixmill_task_seconds_count 2.0" in text

@@ -194,6 +194,12 @@ class Store(TaskQueue):
 
     # Monitoring
 
+    def finished_since(self, since: float) -> list[tuple[int, float, float]]:
+        """(task id, finished_at, seconds of processing) of the tasks done after `since`."""
+        return [tuple(row) for row in self._db().execute(
+            "SELECT id, finished_at, finished_at - started_at FROM tasks WHERE state = 'done' "
+            "AND finished_at > ? AND started_at IS NOT NULL ORDER BY finished_at LIMIT 10000", (since,))]
+
     def stats(self) -> dict:
         """Task counts per state, queue depth, live workers and recent task durations (for /metrics)."""
         db = self._db()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from apiflask import APIBlueprint
 from flask import Flask, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..store import Store
@@ -23,8 +25,36 @@ bp = APIBlueprint("health", __name__, tag={"name": "monitoring", "description": 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+# A task's finished_at is stamped before its transaction commits, so one may appear a little
+# after a later one was seen: each scrape looks this far back and skips the tasks already counted.
+LOOK_BACK = 60.0
+
+
+class TaskTimes:
+    """A cumulative histogram of processing times, fed with each task the store records as done."""
+
+    def __init__(self, store: Store, registry: CollectorRegistry) -> None:
+        self.store = store
+        self.histogram = Histogram("pixmill_task_seconds", "Processing time of finished tasks",
+                                   buckets=BUCKETS, registry=registry)
+        self.since = time.time()
+        self.seen: dict[int, float] = {}
+        self.lock = threading.Lock()
+
+    def update(self) -> None:
+        """Observe the tasks finished since the last scrape."""
+        with self.lock:
+            for task_id, finished_at, seconds in self.store.finished_since(self.since - LOOK_BACK):
+                if task_id not in self.seen:
+                    self.seen[task_id] = finished_at
+                    self.histogram.observe(max(0.0, seconds))
+            if self.seen:
+                self.since = max(self.since, max(self.seen.values()))
+            self.seen = {k: v for k, v in self.seen.items() if v > self.since - LOOK_BACK}
+
+
 class StoreCollector(Collector):
-    """Reads the store's statistics at each scrape; holds no state of its own."""
+    """Reads the store's statistics at each scrape."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -39,13 +69,6 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("pixmill_queue_depth", "Tasks waiting for a worker", value=stats["queue_depth"])
         yield GaugeMetricFamily("pixmill_workers", "Pool workers of live dispatchers (by heartbeat)",
                                 value=stats["workers"])
-        durations = [d for d in stats["durations"] if d is not None and d >= 0]
-        buckets = [(str(bound), sum(1 for d in durations if d <= bound)) for bound in BUCKETS]
-        buckets.append(("+Inf", len(durations)))
-        # A gauge histogram: it describes the tasks finished in the store's recent window, so it may go down.
-        yield GaugeHistogramMetricFamily("pixmill_task_seconds",
-                                         "Processing time of the tasks finished in the last 5 minutes",
-                                         buckets=buckets, gsum_value=float(sum(durations)))
         if "blob_bytes" in stats:
             yield GaugeMetricFamily("pixmill_blob_bytes", "Bytes of images in the data dir",
                                     value=stats["blob_bytes"])
@@ -54,8 +77,10 @@ class StoreCollector(Collector):
 def init_app(app: Flask) -> None:
     """Register /healthz and /metrics, with a metrics registry of this app's own."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(app.extensions["pixmill"].store))
+    store = app.extensions["pixmill"].store
+    registry.register(StoreCollector(store))
     app.extensions["pixmill.metrics"] = registry
+    app.extensions["pixmill.task_times"] = TaskTimes(store, registry)
     app.register_blueprint(bp)
 
 
@@ -83,5 +108,6 @@ def healthz():
 def metrics():
     """Tasks by state, queue depth, workers and a processing-time histogram."""
     registry = current_app.extensions["pixmill.metrics"]
+    current_app.extensions["pixmill.task_times"].update()
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Cache-Control": "no-store"})
