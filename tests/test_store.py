@@ -289,3 +289,15 @@ def test_processes_share_a_store_and_claim_each_task_once(store: Store, settings
             p.join(timeout=10)
             p.kill()
     assert sorted(claimed) == list(range(1, 61))
+
+
+def test_a_relative_data_dir_is_resolved_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store.open(Settings(data_dir=Path("data")))
+    try:
+        key = store.put_blob(b"abc")
+        path = store.blob_path(key)
+        assert path.is_absolute() and path.is_relative_to(tmp_path / "data")
+        assert path.read_bytes() == b"abc"
+    finally:
+        store.close()

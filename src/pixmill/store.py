@@ -45,6 +45,9 @@ class Store(TaskQueue):
     @classmethod
     def open(cls, settings: Settings) -> "Store":
         """Open the store in settings.data_dir, creating and migrating it as needed."""
+        # An absolute path: the web server hands blob paths to send_file, which would resolve a
+        # relative one against the package folder, not the working directory.
+        settings = dataclasses.replace(settings, data_dir=settings.data_dir.resolve())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = cls(settings, BlobFolder(settings.blob_dir))
         db = store._db()
