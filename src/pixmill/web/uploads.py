@@ -134,7 +134,7 @@ class _Reader:
             fmt = codec.sniff(head)
             info = codec.probe(head, max_pixels=self.settings.max_pixels)
         except CorruptImage as exc:
-            if part.eof:             # the whole file was in the head: it really is damaged
+            if part.exhausted:       # the whole file was in the head: it really is damaged
                 raise _named(name, exc) from None
         except PixmillError as exc:
             raise _named(name, exc) from None
@@ -227,6 +227,11 @@ class _PartReader:
             raise InvalidRequest("the multipart body ended in the middle of a part")
         self.buffer += event.data
         self.eof = not event.more_data
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether every byte of the part has been read (eof alone may leave data in the buffer)."""
+        return self.eof and not self.buffer
 
     def read(self, size: int = -1) -> bytes:
         """Up to size bytes (all that is left if size < 0); b'' at the end of the part."""
