@@ -33,7 +33,8 @@ test-fast: install
 	$(VENV)/bin/pytest -q -m "not mpi and not browser and not slow"
 
 bench: install
-	$(PY) benchmarks/bench_run.py
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) demo-out pixmill-data

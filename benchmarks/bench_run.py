@@ -1,8 +1,10 @@
-"""`pixmill run` against a plain single-process OpenCV loop, on 40 photo-like 1920×1080 JPEGs, blur.
+"""W1: `pixmill run` against a plain single-process OpenCV loop, on photo-like 1920×1080 JPEGs, blur.
 
-Prints throughput ratios measured in this run (targets on 2 cores: >= 0.95 with 1 worker,
->= 1.8 with 2 workers).  Two figures per worker count:
-- steady: the batch on a started pool (what `pixmill run` reports as images/s), vs the loop;
+Parallel efficiency at W workers = pixmill's throughput ÷ (W × the loop's throughput), with W = 1
+up to the number of cores (target >= 0.9 at W = cores).  The loop runs the same OpenCV calls
+(imread, GaussianBlur, imwrite) one image after another, with 1 OpenCV thread (one core: the
+usual baseline of parallel efficiency) and with OpenCV's default threads.  Two figures per W:
+- steady: the batch on a started pool (what `pixmill run` reports as images/s);
 - end-to-end: the whole `pixmill run` command, interpreter and pool start-up included.
 Usage: python benchmarks/bench_run.py [--images 40] [--engine mpi|local] [--rounds 5]
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_photos  # noqa: E402
+from common import environment, timed, write_photos  # noqa: E402
 
 from pixmill.batch import run_batch  # noqa: E402
 from pixmill.engine import make_executor  # noqa: E402
@@ -30,17 +32,74 @@ from pixmill.process import Output  # noqa: E402
 
 def baseline(paths: list[Path], out: Path) -> None:
     """The plain loop: the same OpenCV calls, one image after another in this process."""
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         cv2.imwrite(str(out / path.name), cv2.GaussianBlur(image, (5, 5), 0), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def timed(fn) -> float:
-    """Wall time of one call of fn, in seconds."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5, engine: str = "mpi",
+            cli: bool = True) -> dict:
+    """Best seconds of each variant over interleaved rounds, and throughputs and efficiencies from them."""
+    pipeline = parse_pipeline("blur")
+    folder = paths[0].parent
+    pools = {w: make_executor(engine, w) for w in counts}
+    best: dict[str, float] = {}
+
+    def keep(name: str, seconds: float) -> None:
+        best[name] = min(best.get(name, seconds), seconds)
+
+    try:
+        for w, pool in pools.items():
+            list(pool.map(abs, range(w * 4)))  # every worker is up and has answered
+        # Rounds interleave the baseline and every variant, so a slow phase of the shared
+        # machine hits them alike; the best of each is kept.
+        threads = cv2.getNumThreads()
+        for _ in range(rounds):
+            keep("loop", timed(lambda: baseline(paths, tmp / "base")))
+            cv2.setNumThreads(1)
+            keep("loop1", timed(lambda: baseline(paths, tmp / "base1")))
+            cv2.setNumThreads(threads)
+            for w, pool in pools.items():
+                keep(f"steady{w}", timed(lambda: run_batch(
+                    paths, pipeline, Output(), tmp / f"s{w}", pool, workers=w,
+                    max_pixels=100_000_000, max_file_bytes=50 << 20)))
+                if cli:
+                    cmd = [sys.executable, "-m", "pixmill", "run", str(folder), "-p", "blur",
+                           "-o", str(tmp / f"c{w}"), "--engine", engine, "-w", str(w)]
+                    keep(f"cli{w}", timed(lambda: subprocess.run(cmd, check=True, capture_output=True,
+                                                                 timeout=600, env=environment())))
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    n = len(paths)
+    out = {"images": n, "rounds": rounds, "engine": engine, "opencv_default_threads": cv2.getNumThreads(),
+           "loop_images_per_s": n / best["loop"], "loop1_images_per_s": n / best["loop1"], "workers": {}}
+    for w in counts:
+        steady = n / best[f"steady{w}"]
+        row = {"images_per_s": steady,
+               "efficiency_vs_1thread_loop": steady / (w * out["loop1_images_per_s"]),
+               "efficiency_vs_default_loop": steady / (w * out["loop_images_per_s"])}
+        if cli:
+            row["cli_images_per_s"] = n / best[f"cli{w}"]
+            row["cli_seconds"] = best[f"cli{w}"]
+        out["workers"][w] = row
+    return out
+
+
+def report(result: dict) -> list[str]:
+    """Lines that print the figures of measure()."""
+    lines = [f"W1 plain loop: {result['loop1_images_per_s']:.1f} images/s with 1 OpenCV thread, "
+             f"{result['loop_images_per_s']:.1f} with the default {result['opencv_default_threads']} "
+             f"(best of {result['rounds']} interleaved rounds, {result['images']} images)"]
+    for w, row in result["workers"].items():
+        line = (f"W1 workers={w}: {row['images_per_s']:.1f} images/s on a started pool; efficiency "
+                f"{row['efficiency_vs_1thread_loop']:.2f} vs W x the 1-thread loop, "
+                f"{row['efficiency_vs_default_loop']:.2f} vs W x the default-thread loop")
+        if "cli_images_per_s" in row:
+            line += f"; whole `pixmill run` command {row['cli_images_per_s']:.1f} images/s ({row['cli_seconds']:.2f} s)"
+        lines.append(line)
+    return lines
 
 
 def main() -> None:
@@ -49,49 +108,12 @@ def main() -> None:
     parser.add_argument("--engine", default="mpi", choices=["mpi", "local"])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    counts = (1, 2)
-    pipeline = parse_pipeline("blur")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "in"
-        paths = write_photos(folder, args.images)
-        n = len(paths)
-        pools = {w: make_executor(args.engine, w) for w in counts}
-        try:
-            for w, pool in pools.items():
-                list(pool.map(abs, range(w * 4)))  # every worker is up and has answered
-            best: dict[str, float] = {}
-
-            def keep(name: str, seconds: float) -> None:
-                best[name] = min(best.get(name, seconds), seconds)
-
-            # Rounds interleave the baseline and every variant, so a slow phase of the shared
-            # machine hits them alike; the best of each is kept.
-            threads = cv2.getNumThreads()
-            for _ in range(args.rounds):
-                keep("loop", timed(lambda: baseline(paths, Path(tmp) / "base")))
-                cv2.setNumThreads(1)
-                keep("loop1", timed(lambda: baseline(paths, Path(tmp) / "base1")))
-                cv2.setNumThreads(threads)
-                for w, pool in pools.items():
-                    keep(f"steady{w}", timed(lambda: run_batch(
-                        paths, pipeline, Output(), Path(tmp) / f"s{w}", pool, workers=w,
-                        max_pixels=100_000_000, max_file_bytes=50 << 20)))
-                    cmd = [sys.executable, "-m", "pixmill", "run", str(folder), "-p", "blur",
-                           "-o", str(Path(tmp) / f"c{w}"), "--engine", args.engine, "-w", str(w)]
-                    keep(f"cli{w}", timed(lambda: subprocess.run(cmd, check=True, capture_output=True, timeout=600)))
-        finally:
-            for pool in pools.values():
-                pool.shutdown()
-    base, base1 = best["loop"], best["loop1"]
-    print(f"machine: {os.cpu_count()} cores; {n} photo-like 1920x1080 JPEGs, blur, engine {args.engine}, "
-          f"best of {args.rounds} interleaved rounds")
-    print(f"plain loop: {n / base:.1f} images/s with OpenCV's default {cv2.getNumThreads()} threads, "
-          f"{n / base1:.1f} images/s with 1 thread (one core)")
-    for w in counts:
-        steady, cli = best[f"steady{w}"], best[f"cli{w}"]
-        print(f"workers={w}: steady {n / steady:.1f} images/s, ratio {base / steady:.2f} "
-              f"(vs the one-thread loop {base1 / steady:.2f}); "
-              f"end-to-end `pixmill run` ratio {base / cli:.2f} ({cli:.2f} s vs {base:.2f} s)")
+        paths = write_photos(Path(tmp) / "in", args.images)
+        result = measure(paths, Path(tmp), list(range(1, (os.cpu_count() or 1) + 1)),
+                         rounds=args.rounds, engine=args.engine)
+    print(f"machine: {os.cpu_count()} cores")
+    print("\n".join(report(result)))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,24 @@
-"""Shared pieces of the benchmarks: photo-like test images and timing helpers."""
+"""Shared pieces of the benchmarks: photo-like images, timing, a real `pixmill serve`, process CPU and memory."""
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
+import psutil
+import requests
 
 
 def photo_like(width: int, height: int, seed: int) -> np.ndarray:
@@ -41,3 +53,151 @@ def best_of(runs: int, fn) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def timed(fn) -> float:
+    """Wall time of one call of fn, in seconds."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def environment() -> dict[str, str]:
+    """os.environ with this interpreter's bin dir first on PATH (mpiexec of the mpich wheel)."""
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.05):
+    """Call check until it returns something true, for at most timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+
+
+def family(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds of the processes that still run."""
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def rss(pid: int) -> int:
+    """Resident set size of one process, in bytes."""
+    return psutil.Process(pid).memory_info().rss
+
+
+class Server:
+    """A running `pixmill serve` child on 127.0.0.1: its URL and process."""
+
+    def __init__(self, url: str, proc: subprocess.Popen):
+        self.url, self.proc = url, proc
+        self._local = threading.local()
+
+    @property
+    def http(self) -> requests.Session:
+        """This thread's HTTP session (sessions are not shared between threads)."""
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.http.get(self.url + path.lstrip("/"), timeout=60, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.http.post(self.url + path.lstrip("/"), timeout=300, **kw)
+
+    def wait_job(self, job_id: str, timeout: float = 600, interval: float = 0.01) -> dict:
+        """Poll the job until every task has ended; return its JSON."""
+        def ended():
+            job = self.get(f"/api/v1/jobs/{job_id}").json()
+            return job if job["ended"] == job["total"] else None
+        return wait_for(ended, timeout, f"job {job_id}", interval)
+
+
+@contextmanager
+def running_server(folder: Path, *, workers: int, engine: str = "mpi", threads: int | None = None,
+                   timeout: float = 120.0) -> Iterator[Server]:
+    """Start `pixmill serve` on a free port of 127.0.0.1; SIGTERM it afterwards and kill what is left."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out, err = folder / "serve.out", folder / "serve.err"
+    cmd = [sys.executable, "-m", "pixmill.cli_serve", "--host", "127.0.0.1", "--port", "0",
+           "--engine", engine, "--workers", str(workers), "--data-dir", str(folder / "data")]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=environment(), start_new_session=True)
+    try:
+        def listening():
+            if proc.poll() is not None:
+                raise RuntimeError(f"pixmill serve exited with {proc.returncode}: {err.read_text()[-2000:]}")
+            found = re.findall(r"serving on (http://127\.0\.0\.1:\d+/)", out.read_text())
+            return found[0] if found else None
+        server = Server(wait_for(listening, timeout, "the server to listen"), proc)
+
+        def healthy():
+            try:
+                return server.get("/healthz").status_code == 200
+            except requests.RequestException:
+                return False
+        wait_for(healthy, timeout, "workers to be alive", 0.2)
+        yield server
+    finally:
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM a child started in its own session, wait, then SIGKILL its group and its descendants."""
+    left = family(proc.pid)[1:]
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    for child in left:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import cv2
+
+    freq = psutil.cpu_freq()
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cores": os.cpu_count(), "cpu": model or platform.processor(), "mhz": freq.max if freq else None,
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "opencv": cv2.__version__, "platform": platform.platform(), "load_avg_at_start": os.getloadavg()}

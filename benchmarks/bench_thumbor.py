@@ -1,0 +1,124 @@
+"""Against thumbor: the same 1920×1080 JPEGs resized to half size and made grey, same client concurrency.
+
+thumbor (from PyPI, in its own venv benchmarks/.thumbor-venv, made on first use) serves with its
+file loader from the images' folder on 127.0.0.1, one process per core.  Each client thread asks
+for one image at a time: from thumbor a GET of /unsafe/960x540/filters:grayscale()/NAME, from
+pixmill a one-image job (`resize | grayscale`) POSTed, then its result fetched.  Target: pixmill
+>= 1.5× thumbor's images/s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_service import submit  # noqa: E402
+from common import Server, free_port, stop_process, wait_for  # noqa: E402
+
+VENV = Path(__file__).resolve().parent / ".thumbor-venv"
+
+
+def install_thumbor() -> Path:
+    """The thumbor executable of the benchmark's own venv, installed from PyPI if missing."""
+    exe = VENV / "bin" / "thumbor"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "thumbor>=7.7"], check=True, timeout=1200)
+    return exe
+
+
+def start_thumbor(folder: Path, tmp: Path, processes: int) -> tuple[subprocess.Popen, str]:
+    """thumbor with its file loader on folder, on a free port of 127.0.0.1; return the process and URL."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf = tmp / "thumbor.conf"
+    conf.write_text(f"LOADER = 'thumbor.loaders.file_loader'\nFILE_LOADER_ROOT_PATH = {str(folder)!r}\n"
+                    "STORAGE = 'thumbor.storages.no_storage'\nRESULT_STORAGE = None\n"
+                    "ALLOW_UNSAFE_URL = True\nQUALITY = 90\nMAX_AGE = 0\n")
+    port = free_port()
+    log = open(tmp / "thumbor.log", "wb")
+    proc = subprocess.Popen([str(install_thumbor()), "-i", "127.0.0.1", "-p", str(port), "-c", str(conf),
+                             "-l", "warning", "--processes", str(processes)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"thumbor exited with {proc.returncode}: {(tmp / 'thumbor.log').read_text()[-2000:]}")
+        try:
+            return requests.get(url + "healthcheck", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+    try:
+        wait_for(up, 60, "thumbor to listen", 0.2)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, url
+
+
+def _thumbor_one(session: requests.Session, url: str, name: str) -> int:
+    answer = session.get(f"{url}unsafe/960x540/filters:grayscale()/{name}", timeout=120)
+    answer.raise_for_status()
+    return len(answer.content)
+
+
+def _pixmill_one(server: Server, name: str, data: bytes) -> int:
+    session = server.http
+    job_id = submit(server, [(name, data)], pipeline="resize | grayscale")
+    url = server.url + f"api/v1/jobs/{job_id}/tasks/0/result"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        answer = session.get(url, timeout=60)
+        if answer.status_code == 200:
+            return len(answer.content)
+        if answer.status_code != 202:
+            raise RuntimeError(f"result answered {answer.status_code}: {answer.text[:200]}")
+        time.sleep(0.003)
+    raise RuntimeError("an image took over 120 s")
+
+
+def _drive(one, items: list, clients: int) -> float:
+    """Seconds for `clients` threads to put every item through one(session, item)."""
+    sessions = [requests.Session() for _ in range(clients)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda ix: one(sessions[ix[0] % clients], ix[1]), enumerate(items)))
+    return time.perf_counter() - start
+
+
+def compare(server: Server, paths: list[Path], tmp: Path, *, clients: int = 4, rounds: int = 3) -> dict:
+    """images/s of thumbor and pixmill on the same images, interleaved rounds, best of each."""
+    processes = os.cpu_count() or 1
+    proc, url = start_thumbor(paths[0].parent, tmp, processes)
+    files = {p.name: p.read_bytes() for p in paths}
+    try:
+        sample = requests.get(f"{url}unsafe/960x540/filters:grayscale()/{paths[0].name}", timeout=60).content
+        shape = cv2.imdecode(np.frombuffer(sample, np.uint8), cv2.IMREAD_UNCHANGED).shape
+        if shape[:2] != (540, 960):
+            raise RuntimeError(f"thumbor answered an image of shape {shape}, not 960x540")
+        for name in list(files)[:4]:  # warm both
+            _thumbor_one(requests.Session(), url, name)
+            _pixmill_one(server, name, files[name])
+        thumbor = pixmill = float("inf")
+        for _ in range(rounds):
+            thumbor = min(thumbor, _drive(lambda s, name: _thumbor_one(s, url, name), list(files), clients))
+            pixmill = min(pixmill, _drive(lambda s, name: _pixmill_one(server, name, files[name]),
+                                          list(files), clients))
+        version = subprocess.run([str(VENV / "bin" / "thumbor"), "--version"], capture_output=True, text=True,
+                                 timeout=60).stdout.strip()
+    finally:
+        stop_process(proc)
+    n = len(files)
+    return {"images": n, "clients": clients, "thumbor_processes": processes, "thumbor_version": version,
+            "thumbor_images_per_s": n / thumbor, "pixmill_images_per_s": n / pixmill,
+            "ratio": thumbor / pixmill}  # seconds over seconds: pixmill's images/s ÷ thumbor's
+
