@@ -31,6 +31,13 @@ ERRORS = {400: "Bad request: malformed form, pipeline or parameter",
           507: "The data dir's quota is used up"}
 
 
+# Before OpenAPI 3.2, the schema of an event stream describes each event (as EventSource sees it).
+SSE_EVENT = {"type": "object", "required": ["event", "data"],
+             "properties": {"event": {"type": "string", "enum": ["progress", "end", "gone"]},
+                            "data": {"type": "string", "description": "JSON: the job (progress); its id, state "
+                                                                      "and counts (end); its id and a message (gone)"}}}
+
+
 class JobNotFinished(PixmillError):
     """The archive of a job that is still running."""
 
@@ -168,7 +175,7 @@ def get_job(job_id: str):
 @bp.doc(summary="Server-Sent Events with the job's progress until it ends",
         responses={200: {"description": "text/event-stream of 'progress' events (the job as JSON), "
                                          "then 'end' (or 'gone' if the job was deleted)",
-                         "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                         "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                    401: ERRORS[401], 404: ERRORS[404],
                    503: "Too many event streams are open: poll GET /api/v1/jobs/{job_id} instead"})
 def job_events(job_id: str):
