@@ -67,7 +67,7 @@ def store(settings: Settings):
 
 @pytest.fixture
 def client(settings: Settings, store: Store):
-    return make_client(create_app(settings, store, sse_poll=0.05, sse_max_seconds=5))
+    return make_client(create_app(settings, store, sse_poll=0.05, sse_max_seconds=0.5))
 
 
 def disposition_name(response) -> str:
