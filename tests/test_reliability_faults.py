@@ -17,6 +17,8 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,3 +195,40 @@ def test_a_full_quota_refuses_new_jobs_with_507_and_corrupts_nothing(tmp_path):
         assert store._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert [j.id for j in store.list_jobs()] == [again]
     assert_no_orphans(settings)
+
+
+KILLED_AFTER_RENAME = """
+import os, signal, sys
+from pathlib import Path
+from pixmill.config import Settings
+from pixmill.store import Store
+store = Store.open(Settings(data_dir=Path(sys.argv[1])))
+commit = store.blobs.commit
+def commit_then_die(tmp, key):
+    commit(tmp, key)
+    os.kill(os.getpid(), signal.SIGKILL)
+store.blobs.commit = commit_then_die
+store.put_blob(b"pixmill" * 1000)
+"""
+
+
+def test_a_blob_renamed_by_a_process_killed_before_its_commit_is_purged(tmp_path):
+    """kill -9 between a blob's rename and its transaction's commit: the file has no row; retention removes it."""
+    settings = Settings(data_dir=tmp_path / "data")
+    with Store.open(settings) as store:
+        kept = store.put_blob(b"kept")
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_RENAME, str(settings.data_dir)], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    orphans = blob_files(settings.data_dir) - {kept}
+    assert len(orphans) == 1
+    with Store.open(settings) as store:
+        assert not store._blob_known(next(iter(orphans)))
+        store.purge_expired()                               # young: it may still be committing
+        assert blob_files(settings.data_dir) == {kept, *orphans}
+        old = time.time() - 2 * ORPHAN_GRACE                # an hour later
+        for path in (settings.data_dir / "blobs").rglob("*"):
+            if path.is_file():
+                os.utime(path, (old, old))
+        store.purge_expired()
+        assert store.read_blob(kept) == b"kept"             # a blob in the table is kept, however old
+    assert blob_files(settings.data_dir) == {kept}

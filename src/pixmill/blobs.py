@@ -108,6 +108,20 @@ class BlobFolder:
                 pass
         return removed
 
+    def keys_older_than(self, seconds: float) -> list[str]:
+        """Keys of the blob files written more than the given number of seconds ago."""
+        limit, keys = time.time() - seconds, []
+        for folder in self.root.iterdir():
+            if folder == self.tmp or not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                try:
+                    if valid_key(entry.name) and entry.stat().st_mtime < limit:
+                        keys.append(entry.name)
+                except FileNotFoundError:
+                    pass
+        return keys
+
     def free_bytes(self) -> int:
         """Free space on the file system that holds the folder."""
         return shutil.disk_usage(self.root).free

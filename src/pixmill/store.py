@@ -191,7 +191,7 @@ class Store(TaskQueue):
                 "(SELECT 1 FROM tasks WHERE input_blob = blobs.key OR result_blob = blobs.key)",
                 (now - ORPHAN_GRACE,))]
             _select_in(db, "DELETE FROM blobs WHERE key IN ({})", orphans)
-        self.blobs.delete(keys + orphans)
+        self.blobs.delete(keys + orphans + self._unknown_files())
         self.blobs.sweep_temp(ORPHAN_GRACE)
         return len(ids)
 
@@ -271,6 +271,13 @@ class Store(TaskQueue):
         _select_in(db, "DELETE FROM jobs WHERE id IN ({})", ids)
         _select_in(db, "DELETE FROM blobs WHERE key IN ({})", keys)
         return keys
+
+    def _unknown_files(self) -> list[str]:
+        # A process killed after a blob's rename but before its transaction committed leaves a
+        # file no row knows of. Listed first, then looked up: a file committed meanwhile is kept.
+        files = self.blobs.keys_older_than(ORPHAN_GRACE)
+        known = {r[0] for r in _select_in(self._db(), "SELECT key FROM blobs WHERE key IN ({})", files)}
+        return [k for k in files if k not in known]
 
     def _blob_known(self, key: str) -> bool:
         return self._db().execute("SELECT 1 FROM blobs WHERE key = ?", (key,)).fetchone() is not None
