@@ -9,7 +9,10 @@ within 200 ms every time.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,12 +65,12 @@ class HealthProbe:
         self.stop.set()
         self.thread.join(10)
 
-    def check(self) -> None:
+    def check(self, minimum: int = 10) -> None:
         slow = sorted(s for _, s in self.seen)
         bad = [(status, round(s, 3)) for status, s in self.seen if status != 200 or s > HEALTH_LIMIT]
         print(f"/healthz: {len(self.seen)} answers, max {slow[-1] * 1000:.0f} ms, "
               f"median {slow[len(slow) // 2] * 1000:.0f} ms")
-        assert len(self.seen) >= 10 and not bad, f"/healthz was not 200 within 200 ms: {bad[:20]}"
+        assert len(self.seen) >= minimum and not bad, f"/healthz was not 200 within 200 ms: {bad[:20]}"
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +212,100 @@ def test_a_valid_file_longer_than_the_checked_head_is_not_called_damaged(tmp_pat
         response = client.post("/api/v1/jobs", data={"files": [(io.BytesIO(data), "ztxt_bomb.png")],
                                                      "pipeline": "blur"}, content_type="multipart/form-data")
         assert response.status_code == 202, response.get_json()
+
+
+# ---- hostile HTTP itself: garbage, huge headers, lying lengths, aborted and slow uploads
+
+BOUNDARY = "hostile-http-boundary"
+
+
+def exchange(url: str, raw: bytes, *, read: bool = True, timeout: float = 15.0) -> bytes:
+    """Send raw bytes to the server and return what it answers (until it closes or the timeout)."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        with contextlib.suppress(OSError):
+            conn.sendall(raw)
+        if not read:
+            return b""
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and len(answer) > 16 and not answer.startswith(b"HTTP/1.1 100"):
+                    head = answer.split(b"\r\n\r\n")[0].lower()
+                    length = re.search(rb"content-length: *(\d+)", head)
+                    if length and len(answer.split(b"\r\n\r\n", 1)[1]) >= int(length.group(1)):
+                        break
+        return answer
+
+
+def status_of(answer: bytes) -> int | None:
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+    return int(match.group(1)) if match else None
+
+
+def form(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+def post_head(path: str, length: int | None, extra: str = "") -> bytes:
+    size = f"Content-Length: {length}\r\n" if length is not None else "Transfer-Encoding: chunked\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"{size}{extra}Connection: close\r\n\r\n").encode()
+
+
+@pytest.mark.slow
+def test_malformed_http_never_gets_a_5xx_or_leaves_anything_behind(tmp_path):
+    limit = 1 << 20
+    env = {"PIXMILL_MAX_REQUEST_BYTES": str(limit), "PIXMILL_MAX_FILE_BYTES": str(limit // 2)}
+    image = (REAL / "sk_camera.png").read_bytes()
+    with running_server(tmp_path / "serve", engine="local", workers=1, env=env) as server, HealthProbe(server) as probe:
+        url, answers = server.url, {}
+        slow = [socket.create_connection(("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1])), timeout=5)
+                for _ in range(30)]                         # slowloris: 30 connections that never finish
+        try:
+            for conn in slow:
+                conn.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n--")
+            answers["garbage"] = exchange(url, b"\x00\xff\xfe garbage \x01\r\n\r\n")
+            answers["bad request line"] = exchange(url, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers["huge header"] = exchange(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: "
+                                              + b"a" * 300_000 + b"\r\n\r\n")
+            answers["body over the limit"] = exchange(url, post_head("/api/v1/jobs", 5 * limit) + b"--" + BOUNDARY.encode())
+            big = form([("files", "big.png", bytes(3 * limit)), ("pipeline", None, b"blur")])
+            chunked = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 65536]), big[i:i + 65536])
+                               for i in range(0, len(big), 65536)) + b"0\r\n\r\n"
+            answers["chunked over the limit"] = exchange(url, post_head("/api/v1/jobs", None) + chunked)
+            body = form([("files", "a.png", image), ("pipeline", None, b"blur")])
+            answers["length too short"] = exchange(url, post_head("/api/v1/jobs", len(body) // 2) + body)
+            answers["bad chunk size"] = exchange(url, post_head("/api/v1/jobs", None) + b"zz\r\nabc\r\n0\r\n\r\n")
+            answers["epilogue"] = exchange(url, post_head("/api/v1/jobs", len(body) + 10) + body + b"-" * 10)
+            fields = form([("x", None, b"y")] * 20000 + [("files", "a.png", image)])
+            answers["20000 fields"] = exchange(url, post_head("/upload", len(fields)) + fields)
+            answers["no boundary"] = exchange(url, b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                              b"multipart/form-data\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd")
+            for _ in range(20):                             # uploads cut off half way
+                exchange(url, post_head("/api/v1/jobs", len(body)) + body[: len(body) // 2], read=False)
+            ok = server.post("/api/v1/jobs", files=[("files", ("a.png", image))], data={"pipeline": "blur"})
+        finally:
+            for conn in slow:
+                conn.close()
+    for case, answer in answers.items():
+        status = status_of(answer)
+        print(f"{case}: {status or 'closed'}")
+        assert status is None or 400 <= status < 500 or (case, status) == ("epilogue", 202), (case, answer[:300])
+    assert status_of(answers["body over the limit"]) == 413
+    assert status_of(answers["chunked over the limit"]) == 413
+    assert ok.status_code == 202, ok.text
+    probe.check(minimum=3)
+    data_dir = tmp_path / "serve" / "data"
+    files = {p.name for p in (data_dir / "blobs").rglob("*") if p.is_file()}
+    with Store.open(Settings(data_dir=data_dir)) as store:
+        jobs = store.list_jobs()
+        used = {k for job in jobs for t in job.tasks for k in (t.input_blob, t.result_blob) if k}
+    assert len(jobs) == 2                  # the two accepted uploads (one with an epilogue); none of the rest
+    assert files == used, files - used     # nothing of the refused or cut-off uploads, not even a temp file
+    assert "Traceback" not in server.log.read_text() and "unexpected error" not in server.log.read_text()
