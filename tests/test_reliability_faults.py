@@ -1,7 +1,7 @@
 """Faults against a real `pixmill serve` on 127.0.0.1: kill -9 a worker, the dispatcher, the whole service.
 
-For each seed, three 100-image jobs (64×64 PNGs) go in through the API. At a random point of the
-first an MPI worker is SIGKILLed, of the second the dispatcher, of the third the whole service
+For each seed (three on MPI workers, one on the local process pool), three 100-image jobs (64×64
+PNGs) go in through the API. At a random point of the first a worker is SIGKILLed, of the second the dispatcher, of the third the whole service
 (web process, dispatcher and workers at once); then the service is started again on the same data
 dir. Every accepted job must complete, each result byte-identical to process() run in-process
 (what a run without faults gives: the worker path is byte-identical to it, see
@@ -110,10 +110,13 @@ def assert_no_orphans(settings: Settings) -> None:
     assert rows == used, f"blobs no task refers to: {sorted(rows - used)[:5]}"
 
 
-@pytest.mark.mpi
+WORKER_MARKER = {"mpi": "mpi4py.futures.server", "local": "multiprocessing.spawn"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
-def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically(tmp_path, seed):
+@pytest.mark.parametrize("engine, seed", [pytest.param("mpi", s, marks=pytest.mark.mpi) for s in SEEDS]
+                         + [("local", 4)])
+def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically(tmp_path, engine, seed):
     rng = random.Random(seed)
     images = images_for(seed)
     pipeline = parse_pipeline(PIPELINE)
@@ -122,9 +125,9 @@ def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically
     data_dir = folder / "data"
     settings = Settings(data_dir=data_dir)
     jobs, points, kills = {}, {}, {}
-    with running_server(folder, engine="mpi", workers=2) as server:
+    with running_server(folder, engine=engine, workers=2) as server:
         first_dispatcher = server.dispatcher_pids()
-        for fault, victims in (("worker", lambda: processes(server, "mpi4py.futures.server")[:1]),
+        for fault, victims in (("worker", lambda: processes(server, WORKER_MARKER[engine])[:1]),
                                ("dispatcher", lambda: processes(server, "pixmill.dispatcher")),
                                ("service", lambda: whole_service(server))):
             if fault != "worker":     # the next fault waits for a live pool, so each lands mid-work
@@ -132,12 +135,12 @@ def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically
             jobs[fault] = submit(server, images, fault)
             points[fault] = rng.randint(3, IMAGES - 15)
             kills[fault] = kill_at(settings.db_path, jobs[fault], points[fault], victims)
-            if fault == "worker":
+            if fault == "worker" and engine == "mpi":    # a local pool is rebuilt inside the dispatcher
                 wait_for(lambda: server.dispatcher_pids() not in ([], first_dispatcher), 60,
                          "the supervisor to start a new dispatcher after MPI aborted the old one")
         wait_for(lambda: server.proc.poll() is not None, 10, "the service to die")
-    print(f"seed {seed}: kill points {points}, tasks done at each kill {kills}")
-    with running_server(folder, engine="mpi", workers=2) as server:
+    print(f"{engine} seed {seed}: kill points {points}, tasks done at each kill {kills}")
+    with running_server(folder, engine=engine, workers=2) as server:
         for fault, job_id in jobs.items():
             job = wait_done(server, job_id)
             assert job["counts"]["done"] == IMAGES, (fault, job["counts"])
