@@ -26,6 +26,7 @@ from typing import Callable
 import psutil
 
 from .config import Settings, load_settings
+from .dbwatch import DbWatch
 from .errors import PixmillError, TaskTimeout
 from .pipeline import parse_pipeline
 from .process import Result, process
@@ -40,6 +41,12 @@ STOPPED, RESTART = "stopped", "restart"
 EXIT_RESTART = 75                    # exit status of a dispatcher that ended its pool and wants a fresh start
 POLL_MIN, POLL_MAX = 0.05, 0.5       # seconds between looks at an empty queue, backing off when idle
 BUSY_TICK = 0.25                     # seconds between timeout checks while the pool is full
+# Between those looks the dispatcher watches the data dir (inotify), where every commit of any
+# process writes the WAL: a new job ends the wait at once.  Without it a one-image job waited 85 ms
+# (p50) for the dispatcher to claim it, 3.6 ms with it.  Polling the files every 5 ms instead took
+# an idle dispatcher from ~4% to 7% of a core (GIL hand-offs beside the MPI manager thread).
+WATCH_TICK = 0.005         # seconds between looks while tasks run and there is room for more
+WATCH_IDLE_TICK = 0.25     # longest sleep in the kernel while idle (a stop is seen by then)
 PURGE_EVERY = 60.0
 
 
@@ -78,6 +85,7 @@ class Dispatcher:
         self._due: dict[str, float] = {}
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
+        self.watch = DbWatch(settings.db_path.parent)
 
     def run(self, stop: threading.Event) -> str:
         """Claim, submit and record until stop is set; return STOPPED, or RESTART if this process must end."""
@@ -106,9 +114,10 @@ class Dispatcher:
                 claimed = self._fill()
                 poll = POLL_MIN if claimed else min(poll * 2, POLL_MAX)
                 full = len(self.flights) >= 2 * self.workers or self._isolating()
-                self._wait(BUSY_TICK if full else poll, stop)
+                self._wait(BUSY_TICK if full else poll, stop, watch=not full)
             return self._shutdown()
         finally:
+            self.watch.close()
             self.store.stop_dispatcher(self.id)
 
     def _fill(self) -> int:
@@ -262,12 +271,29 @@ class Dispatcher:
     def _orphaned(self) -> bool:
         return self.parent_pid is not None and os.getppid() != self.parent_pid
 
-    def _wait(self, seconds: float, stop: threading.Event) -> None:
+    def _wait(self, seconds: float, stop: threading.Event, *, watch: bool = True) -> None:
+        """Wait up to seconds for a flight to finish, stop, or (if watch) a commit to the database."""
         pending = [f.future for f in self.flights.values() if not f.future.done()]
-        if pending and len(pending) == len(self.flights):
-            wait(pending, timeout=seconds, return_when=FIRST_COMPLETED)
-        elif not self.flights:
-            stop.wait(seconds)
+        if len(pending) != len(self.flights):
+            return  # something to record now
+        if not watch or not self.watch.active:
+            if pending:
+                wait(pending, timeout=seconds, return_when=FIRST_COMPLETED)
+            else:
+                stop.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not pending:  # idle: sleep in the kernel until someone commits
+                if self.watch.wait(min(left, WATCH_IDLE_TICK)):
+                    return
+                continue
+            done, _ = wait(pending, timeout=min(WATCH_TICK, left), return_when=FIRST_COMPLETED)
+            if done or self.watch.changed():
+                return
 
 
 def load_task(spec: str) -> Callable[..., Result]:

@@ -7,6 +7,7 @@ import ctypes.util
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
@@ -21,6 +22,14 @@ ENGINES = ("mpi", "local")
 # dispatcher with 3 workers over 5% of a core; 1 ms and 10 ms: 0.88 of a plain loop, ~4% idle.
 MANAGER_BACKOFF = os.environ.get("PIXMILL_MANAGER_BACKOFF", "0.001")
 WORKER_BACKOFF = os.environ.get("PIXMILL_WORKER_BACKOFF", "0.01")
+# Those caps cost small tasks dearly: a no-op's round trip took 17 ms, a 512×512 blur 24 ms
+# (3-7 ms in-process; 2 cores).  So for FAST_SECONDS after each hand-off, in the manager and in
+# the workers, the back-off stops growing at FAST_BACKOFF (no-op 2 ms, blur 5-6 ms), then grows to
+# the caps above, which keep idle pools cheap.  An idle pool's first 5 s after a task: 6.6% of a
+# core with 0.2 ms for 2 s, 3-5% with 0.5 ms for 0.5 s, 2.6-3.6% with 0.5 ms for 0.3 s (2.6-3.2%
+# without the fast spell; shared machine).  Tasks less than ~0.25 s apart keep the fast spell.
+FAST_BACKOFF = float(os.environ.get("PIXMILL_FAST_BACKOFF", "0.0005"))
+FAST_SECONDS = 0.3
 
 
 def threads_per_worker(workers: int) -> int:
@@ -39,6 +48,8 @@ def init_worker(threads: int) -> None:
     """Set up a worker process: memory reuse, OpenCV's thread count, the catalogue imported once."""
     import cv2
 
+    if "mpi4py.futures._core" in sys.modules:  # an MPI worker (never import MPI in a local one)
+        quick_backoff_after_handoff()
     keep_freed_memory(KEEP_FREED_BYTES)
     cv2.setNumThreads(threads)
     import pixmill.process  # noqa: F401  (imports the operation registry before the first task)
@@ -54,6 +65,26 @@ def keep_freed_memory(limit: int) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, limit) and mallopt(_M_TRIM_THRESHOLD, limit))
 
 
+def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_SECONDS) -> bool:
+    """Cap mpi4py.futures' polling back-off at `fast` s for `hold` s after each hand-off; False if not possible."""
+    core = sys.modules.get("mpi4py.futures._core")
+    backoff = getattr(core, "Backoff", None)
+    if backoff is None or not callable(getattr(backoff, "sleep", None)):
+        return False
+
+    def sleep(self) -> None:  # mpi4py's own, plus the cap while a hand-off is recent
+        if self.tval == 0.0:  # reset() at a hand-off sets tval to 0
+            self.quick_until = time.monotonic() + hold
+        time.sleep(self.tval)
+        cap = self.tmax
+        if cap > fast and time.monotonic() < getattr(self, "quick_until", 0.0):
+            cap = fast
+        self.tval = min(cap, max(self.tmin, self.tval * 2))
+
+    backoff.sleep = sleep
+    return True
+
+
 def make_executor(kind: str, workers: int) -> Executor:
     """An Executor running `workers` worker processes: MPI ranks ("mpi") or local processes ("local")."""
     if kind not in ENGINES:
@@ -67,6 +98,7 @@ def make_executor(kind: str, workers: int) -> Executor:
     _prepare_mpi_environment()
     from mpi4py.futures import MPIPoolExecutor
 
+    quick_backoff_after_handoff()
     return MPIPoolExecutor(max_workers=workers, initializer=init_worker, initargs=(threads,),
                            env={"MPI4PY_FUTURES_BACKOFF": WORKER_BACKOFF})
 
