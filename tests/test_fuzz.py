@@ -7,7 +7,9 @@ answer 404) and tests/test_pipeline.py fuzzes pipeline parsing. Here:
   runs process() with a random pipeline and output format: it must give a PixmillError or a result
   whose bytes decode to the size it reports, and the same bytes every time;
 - schemathesis fuzzes the job endpoints with the id of a real finished job (and of a failed
-  task), so their 200, 202 and 422 answers are checked against the response schemas too.
+  task), so their 200, 202 and 422 answers are checked against the response schemas too;
+- schemathesis also goes over real HTTP to `pixmill serve`, with its default checks (no 5xx,
+  status codes, content types and bodies as documented).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pixmill.web import create_app
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from test_web_api import dispatcher, make_client, wait_job
+from test_web_server import running_server
 
 REAL = Path(__file__).parent / "data" / "real"
 HOSTILE = Path(__file__).parent / "data" / "hostile_real"
@@ -172,3 +175,32 @@ def test_job_endpoints_with_real_ids_match_their_schemas(live, method, path):
 
     check()
     assert seen - {404}, f"only 404s: the real ids never reached {method} {path}"
+
+
+# ---- schemathesis over real HTTP, against `pixmill serve`
+
+SERVED = ["GET /api/v1/operations", "POST /api/v1/jobs", "GET /api/v1/jobs/{job_id}", "DELETE /api/v1/jobs/{job_id}",
+          "GET /api/v1/jobs/{job_id}/tasks/{n}/result", "GET /api/v1/jobs/{job_id}/archive", "POST /upload",
+          "GET /healthz", "GET /metrics"]
+
+
+@pytest.mark.slow
+def test_a_real_server_answers_every_generated_request_within_its_schema(tmp_path):
+    env = {"PIXMILL_MAX_FILES": "3", "PIXMILL_MAX_FILE_BYTES": str(1 << 20), "PIXMILL_MAX_REQUEST_BYTES": str(4 << 20)}
+    with running_server(tmp_path / "serve", engine="local", workers=1, env=env) as server:
+        schema = schemathesis.openapi.from_url(server.url + "api/v1/openapi.json")
+        for name in SERVED:
+            method, path = name.split(" ")
+            operation = schema[path][method]
+            cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
+                              operation.as_strategy(GenerationMode.NEGATIVE))
+            excluded = [positive_data_acceptance] if method == "POST" else []
+
+            @given(case=cases)
+            @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def check(case):
+                case.call_and_validate(base_url=server.url.rstrip("/"), excluded_checks=excluded, timeout=30)
+
+            check()
+        assert "Traceback" not in server.log.read_text()
