@@ -47,6 +47,9 @@ BUSY_TICK = 0.25                     # seconds between timeout checks while the 
 # an idle dispatcher from ~4% to 7% of a core (GIL hand-offs beside the MPI manager thread).
 WATCH_TICK = 0.005         # seconds between looks while tasks run and there is room for more
 WATCH_IDLE_TICK = 0.25     # longest sleep in the kernel while idle (a stop is seen by then)
+# A wake can come from the first WAL write of a commit, before the commit is visible: the claim
+# then finds nothing and, without a second look, the job waited up to POLL_MAX (p99 540 ms).
+WATCH_RECHECK = 0.01       # after a wake by a write, look again this soon
 PURGE_EVERY = 60.0
 
 
@@ -86,6 +89,7 @@ class Dispatcher:
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
         self.watch = DbWatch(settings.db_path.parent)
+        self._recheck = False
 
     def run(self, stop: threading.Event) -> str:
         """Claim, submit and record until stop is set; return STOPPED, or RESTART if this process must end."""
@@ -276,6 +280,8 @@ class Dispatcher:
         pending = [f.future for f in self.flights.values() if not f.future.done()]
         if len(pending) != len(self.flights):
             return  # something to record now
+        if self._recheck:
+            seconds, self._recheck = min(seconds, WATCH_RECHECK), False
         if not watch or not self.watch.active:
             if pending:
                 wait(pending, timeout=seconds, return_when=FIRST_COMPLETED)
@@ -289,10 +295,14 @@ class Dispatcher:
                 return
             if not pending:  # idle: sleep in the kernel until someone commits
                 if self.watch.wait(min(left, WATCH_IDLE_TICK)):
+                    self._recheck = True
                     return
                 continue
             done, _ = wait(pending, timeout=min(WATCH_TICK, left), return_when=FIRST_COMPLETED)
-            if done or self.watch.changed():
+            if done:
+                return
+            if self.watch.changed():
+                self._recheck = True
                 return
 
 
