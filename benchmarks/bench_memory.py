@@ -75,7 +75,7 @@ class PeakSampler:
                 try:
                     value = proc.memory_info().rss
                     self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), value)
-                    self.names.setdefault(proc.pid, " ".join(proc.cmdline())[:120])
+                    self.names[proc.pid] = " ".join(proc.cmdline())[:120]  # after exec, not the forked parent's
                 except psutil.Error:
                     pass
             self._stop.wait(self.interval)

@@ -12,11 +12,13 @@ Usage: python benchmarks/bench_run.py [--images 40] [--engine mpi|local] [--roun
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -36,6 +38,22 @@ def baseline(paths: list[Path], out: Path) -> None:
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         cv2.imwrite(str(out / path.name), cv2.GaussianBlur(image, (5, 5), 0), [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def _loop_in_child(paths: list[Path], out: Path, barrier) -> float:
+    cv2.setNumThreads(1)
+    barrier.wait()
+    return timed(lambda: baseline(paths, out))
+
+
+def concurrent_loops(paths: list[Path], tmp: Path, copies: int) -> float:
+    """Seconds for `copies` one-thread loops in as many processes, all at once: the machine's ceiling."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(copies, mp_context=ctx) as pool:
+        barrier = manager.Barrier(copies)
+        list(pool.map(abs, range(copies)))  # the processes are up
+        futures = [pool.submit(_loop_in_child, paths, tmp / f"par{i}", barrier) for i in range(copies)]
+        return max(f.result(timeout=600) for f in futures)
 
 
 def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5, engine: str = "mpi",
@@ -60,6 +78,8 @@ def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5,
             cv2.setNumThreads(1)
             keep("loop1", timed(lambda: baseline(paths, tmp / "base1")))
             cv2.setNumThreads(threads)
+            for w in counts[1:]:
+                keep(f"loops{w}", concurrent_loops(paths, tmp, w))
             for w, pool in pools.items():
                 keep(f"steady{w}", timed(lambda: run_batch(
                     paths, pipeline, Output(), tmp / f"s{w}", pool, workers=w,
@@ -80,6 +100,10 @@ def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5,
         row = {"images_per_s": steady,
                "efficiency_vs_1thread_loop": steady / (w * out["loop1_images_per_s"]),
                "efficiency_vs_default_loop": steady / (w * out["loop_images_per_s"])}
+        if w > 1:  # W one-thread loops at once: what W cores of this machine give, at best
+            row["concurrent_loops_images_per_s"] = w * n / best[f"loops{w}"]
+            row["machine_scaling"] = row["concurrent_loops_images_per_s"] / (w * out["loop1_images_per_s"])
+            row["efficiency_vs_concurrent_loops"] = steady / row["concurrent_loops_images_per_s"]
         if cli:
             row["cli_images_per_s"] = n / best[f"cli{w}"]
             row["cli_seconds"] = best[f"cli{w}"]
@@ -96,6 +120,9 @@ def report(result: dict) -> list[str]:
         line = (f"W1 workers={w}: {row['images_per_s']:.1f} images/s on a started pool; efficiency "
                 f"{row['efficiency_vs_1thread_loop']:.2f} vs W x the 1-thread loop, "
                 f"{row['efficiency_vs_default_loop']:.2f} vs W x the default-thread loop")
+        if "machine_scaling" in row:
+            line += (f"; {w} one-thread loops at once reach {row['machine_scaling']:.2f} of W x one loop "
+                     f"(pixmill = {row['efficiency_vs_concurrent_loops']:.2f} of that)")
         if "cli_images_per_s" in row:
             line += f"; whole `pixmill run` command {row['cli_images_per_s']:.1f} images/s ({row['cli_seconds']:.2f} s)"
         lines.append(line)

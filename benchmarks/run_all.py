@@ -78,6 +78,9 @@ def plot(w1: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot([0] + ws, [0] + [w * w1["loop1_images_per_s"] for w in ws], "k--", label="ideal: W × 1-core loop")
     ax.plot(ws, [r["images_per_s"] for r in rows], "o-", label="pixmill run, started pool")
+    if len(ws) > 1:
+        ax.plot(ws[1:], [w1["workers"][w]["concurrent_loops_images_per_s"] for w in ws[1:]], "^",
+                color="grey", label="W one-thread loops at once (machine ceiling)")
     if "cli_images_per_s" in rows[0]:
         ax.plot(ws, [r["cli_images_per_s"] for r in rows], "s:", label="pixmill run, whole command")
     ax.axhline(w1["loop_images_per_s"], color="grey", lw=0.8,
