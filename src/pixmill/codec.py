@@ -121,7 +121,7 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
         image = _decode_jpeg(data, info)
     elif info.format == "png":
         image = _decode_png(data)
-    elif info.format == "tiff" and _tiff_is_deep(data):
+    elif info.format == "tiff" and info.bytes_per_pixel > MAX_BYTES_PER_PIXEL:  # 16-bit colour
         image = _decode_opencv(data, "TIFF")
     else:
         image = _decode_pillow(data, info)
@@ -208,7 +208,7 @@ def _probe_pillow(data: bytes, fmt: str) -> ImageInfo:
     except Exception:
         animated = False
     lossy = fmt == "jpeg" or (fmt == "webp" and containers.webp_is_lossy(data))
-    deep = fmt == "tiff" and _tiff_is_deep(data)
+    deep = fmt == "tiff" and _tiff_is_deep(im)
     return ImageInfo(fmt, width, height, mode, animated, orientation, lossy, tuple(notes), 8 if deep else 4)
 
 
@@ -304,10 +304,10 @@ def _check_palette(im: Image.Image) -> None:
         raise CorruptImage(f"the BMP is damaged: a pixel uses colour {highest} of a {colors}-colour palette")
 
 
-def _tiff_is_deep(data: bytes) -> bool:
-    """Whether a TIFF has 16-bit colour samples, which Pillow would cut to 8 bits."""
+def _tiff_is_deep(im: Image.Image) -> bool:
+    """Whether an opened TIFF has 16-bit colour samples, which Pillow would cut to 8 bits."""
     try:
-        bits = Image.open(io.BytesIO(data)).tag_v2.get(258, (8,))
+        bits = im.tag_v2.get(258, (8,))
         bits = bits if isinstance(bits, tuple) else (bits,)
         return max(bits) == 16 and len(bits) >= 3
     except Exception:
