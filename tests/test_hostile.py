@@ -204,17 +204,22 @@ def reports(generated: Path):
     """Every case started at once, two workers at a time; each test waits for its own report."""
     running: set[subprocess.Popen] = set()
     folders = {"real": HOSTILE_REAL, "gen": generated}
-    pool = ThreadPoolExecutor(max_workers=2)
-    futures: dict[str, Future] = {
-        case.id: pool.submit(_run_worker, folders[case.group] / case.name, case, running) for case in CASES}
-    try:
-        yield futures
-    finally:
-        for future in futures.values():
-            future.cancel()
-        for proc in list(running):
-            _kill(proc)
-        pool.shutdown(wait=True)
+    with pytest.MonkeyPatch.context() as patch:
+        # CPython spawns with vfork: the child shares this process's memory until execve, and
+        # while other threads free memory here (the tests run beside these spawns) execve
+        # sometimes failed with EFAULT ("Bad address"). Plain fork has no such window.
+        patch.setattr(subprocess, "_USE_VFORK", False, raising=False)
+        pool = ThreadPoolExecutor(max_workers=2)
+        futures: dict[str, Future] = {
+            case.id: pool.submit(_run_worker, folders[case.group] / case.name, case, running) for case in CASES}
+        try:
+            yield futures
+        finally:
+            for future in futures.values():
+                future.cancel()
+            for proc in list(running):
+                _kill(proc)
+            pool.shutdown(wait=True)
 
 
 def _run_worker(path: Path, case: Case, running: set) -> dict:
