@@ -31,7 +31,7 @@ def small_png() -> bytes:
 def _jobs(server: Server, count: int, image: bytes, clients: int = 4) -> None:
     def one(i: int) -> None:
         job_id = submit(server, [(f"s{i}.png", image)], pipeline="grayscale")
-        job = server.wait_job(job_id, timeout=120, interval=0.01)
+        job = server.wait_job(job_id, timeout=120)
         if job["tasks"][0]["state"] != "done":
             raise RuntimeError(f"small job failed: {job['tasks'][0]['error']}")
     with ThreadPoolExecutor(clients) as pool:

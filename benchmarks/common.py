@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import platform
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -125,12 +127,66 @@ class Server:
     def post(self, path: str, **kw) -> requests.Response:
         return self.http.post(self.url + path.lstrip("/"), timeout=300, **kw)
 
-    def wait_job(self, job_id: str, timeout: float = 600, interval: float = 0.01) -> dict:
-        """Poll the job until every task has ended; return its JSON."""
+    def wait_job(self, job_id: str, timeout: float = 600) -> dict:
+        """Wait until every task of the job has ended (long polls with `Prefer: wait`); return its JSON."""
         def ended():
-            job = self.get(f"/api/v1/jobs/{job_id}").json()
+            job = self.get(f"/api/v1/jobs/{job_id}", headers={"Prefer": "wait=30"}).json()
             return job if job["ended"] == job["total"] else None
-        return wait_for(ended, timeout, f"job {job_id}", interval)
+        return wait_for(ended, timeout, f"job {job_id}", 0)
+
+    def fetch_result(self, job_id: str, n: int = 0, timeout: float = 120) -> bytes:
+        """The result of task n, waited for with `Prefer: wait` (RuntimeError if it failed)."""
+        url = self.url + f"api/v1/jobs/{job_id}/tasks/{n}/result"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.http.get(url, headers={"Prefer": "wait=30"}, timeout=60)
+            if answer.status_code == 200:
+                return answer.content
+            if answer.status_code != 202:
+                raise RuntimeError(f"result answered {answer.status_code}: {answer.text[:200]}")
+        raise RuntimeError(f"task {n} of job {job_id} took over {timeout} s")
+
+
+class LeanClient:
+    """A keep-alive HTTP/1.1 client on http.client, one connection per thread: far less CPU per request
+    than requests, so the load generator, on the same cores as the server it measures, takes less of them."""
+
+    def __init__(self, url: str, timeout: float = 120.0):
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port, self.timeout = parts.hostname, parts.port, timeout
+        self._local = threading.local()
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request; reconnects once if the kept-alive connection was closed."""
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                answer = conn.getresponse()
+                return answer.status, answer.read()
+            except (http.client.HTTPException, ConnectionError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def post_form(self, path: str, fields: dict[str, str], files: list[tuple[str, str, bytes]],
+                  headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """POST multipart/form-data: fields first, then (field, file name, bytes) files."""
+        boundary = os.urandom(16).hex()
+        parts = []
+        for name, value in fields.items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        for name, filename, data in files:
+            parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                      f'Content-Type: application/octet-stream\r\n\r\n'.encode(), data, b"\r\n"]
+        parts.append(f"--{boundary}--\r\n".encode())
+        return self.request("POST", path, b"".join(parts),
+                            {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
 
 
 @contextmanager

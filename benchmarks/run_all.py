@@ -131,8 +131,10 @@ def lines(r: dict) -> list[str]:
             out.append(f"thumbor: not measured: {t['error']}")
         else:
             out.append(f"thumbor {t['thumbor_version']} ({t['thumbor_processes']} processes): "
-                       f"{t['thumbor_images_per_s']:.1f} images/s; pixmill {t['pixmill_images_per_s']:.1f} images/s; "
-                       f"pixmill/thumbor {t['ratio']:.2f} ({t['clients']} clients, {t['images']} images)")
+                       f"{t['thumbor_images_per_s']:.1f} images/s; pixmill `{t['pipeline']}` "
+                       f"{t['pixmill_images_per_s']:.1f} images/s, pixmill/thumbor {t['ratio']:.2f}; exact "
+                       f"`{t['exact_pipeline']}` {t['pixmill_exact_images_per_s']:.1f} images/s, "
+                       f"{t['exact_ratio']:.2f} ({t['clients']} clients, {t['images']} images)")
     if "memory" in r:
         m = r["memory"]
         out.append(f"web RSS after {m['first']} small jobs {m['rss_after_first_mb']:.1f} MB, after {m['jobs']} "

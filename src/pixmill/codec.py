@@ -13,6 +13,7 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -23,7 +24,7 @@ from . import containers
 from .errors import CorruptImage, ImageTooLarge, ProcessingFailed, UnsupportedFormat
 
 __all__ = ["FORMATS", "MEDIA_TYPES", "EXTENSIONS", "ImageInfo", "Decoded",
-           "sniff", "probe", "decode", "encode", "output_format"]
+           "sniff", "probe", "decode", "encode", "output_format", "jpeg_scale"]
 
 FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff")
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
@@ -69,12 +70,17 @@ class ImageInfo:
 
 @dataclass
 class Decoded:
-    """A decoded image in OpenCV layout, its source format and notes on what was done to it."""
+    """A decoded image in OpenCV layout, its source format and notes on what was done to it.
+
+    `scale` is 1, or 2, 4 or 8 for a JPEG that the decoder shrank by that factor on request;
+    `full_shape` is the (height, width) of the whole image, orientation applied."""
 
     image: np.ndarray
     format: str
     lossy: bool = False
     notes: list[str] = field(default_factory=list)
+    scale: int = 1
+    full_shape: tuple[int, int] = (0, 0)
 
 
 def sniff(data: bytes) -> str:
@@ -114,27 +120,48 @@ def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
     return info
 
 
-def decode(data: bytes, *, max_pixels: int) -> Decoded:
-    """Decode into an OpenCV-layout array with EXIF orientation applied, or raise a PixmillError."""
+def decode(data: bytes, *, max_pixels: int,
+           shrink_to: Callable[[int, int], tuple[int, int]] | None = None, gray: bool = False) -> Decoded:
+    """Decode into an OpenCV-layout array with EXIF orientation applied, or raise a PixmillError.
+
+    shrink_to(height, width) may give the smallest (height, width) the caller needs of the whole
+    (oriented) image: a JPEG is then decoded at 1/2, 1/4 or 1/8 scale if that still covers it.
+    With gray, a colour JPEG so decoded at a reduced scale is decoded to the luma it stores (BT.601
+    weights, as grayscale uses)."""
     info = probe(data, max_pixels=max_pixels)
+    transposed = info.orientation in (5, 6, 7, 8)
+    full = (info.width, info.height) if transposed else (info.height, info.width)
+    scale = 1
+    if info.format == "jpeg" and shrink_to is not None:
+        need_h, need_w = shrink_to(*full)
+        scale = jpeg_scale(info.height, info.width, *((need_w, need_h) if transposed else (need_h, need_w)))
     if info.format == "jpeg":
-        image = _decode_jpeg(data, info)
+        image = _decode_jpeg(data, info, scale, gray=gray and scale > 1)
     elif info.format == "png":
         image = _decode_png(data)
     elif info.format == "tiff" and info.bytes_per_pixel > MAX_BYTES_PER_PIXEL:  # 16-bit colour
         image = _decode_opencv(data, "TIFF")
     else:
         image = _decode_pillow(data, info)
-    if image.shape[:2] != (info.height, info.width):
+    if image.shape[:2] != (-(-info.height // scale), -(-info.width // scale)):
         raise CorruptImage(f"the header says {info.width}×{info.height} but the data holds "
-                           f"{image.shape[1]}×{image.shape[0]}")
+                           f"{image.shape[1] * scale}×{image.shape[0] * scale}")
     notes = list(info.notes)
     if info.animated:
         notes.append("the file has several frames or pages: only the first was processed")
     if info.orientation != 1:
         image = _orient(image, info.orientation)
         notes.append(f"EXIF orientation {info.orientation} applied")
-    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes)
+    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes, scale, full)
+
+
+def jpeg_scale(height: int, width: int, need_height: int, need_width: int) -> int:
+    """The largest of 8, 4 and 2 that a height×width JPEG can be decoded smaller by and still cover
+    need_height×need_width (libjpeg rounds the scaled size up), or 1."""
+    for scale in (8, 4, 2):
+        if -(-height // scale) >= need_height and -(-width // scale) >= need_width:
+            return scale
+    return 1
 
 
 def output_format(requested: str, source: str, *, lossy: bool = True) -> str:
@@ -226,11 +253,13 @@ def _orientation(read_exif, notes: list[str]) -> int:
     return value
 
 
-def _decode_jpeg(data: bytes, info: ImageInfo) -> np.ndarray:
+def _decode_jpeg(data: bytes, info: ImageInfo, scale: int = 1, *, gray: bool = False) -> np.ndarray:
+    # libjpeg-turbo scales in the inverse DCT: the smallest of its sizes that is at least this one
+    size = {} if scale == 1 else {"min_height": -(-info.height // scale), "min_width": -(-info.width // scale)}
     try:
-        if info.mode == "L":
-            return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)[..., 0]
-        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+        if info.mode == "L" or (gray and info.mode == "RGB"):
+            return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, **size)[..., 0]
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size)
     except ValueError as exc:
         text = str(exc).strip()
         if "premature end" in text.lower():

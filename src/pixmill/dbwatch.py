@@ -1,7 +1,10 @@
 """Notice commits to the store's database from any process, without polling it: inotify on Linux.
 
-Every commit in WAL mode writes the `-wal` file beside the database, so a write in the data dir's
-folder is the sign that a job may have arrived.  Where inotify is missing, `wait` just sleeps.
+After each commit a writer rewrites one byte of a small signal file beside the database
+(`CommitSignal.send`), and watchers sleep on inotify until that file is written.  Watching the WAL
+itself woke a watcher at the first write of a commit, before the commit was visible, and then no
+later write might follow: the watcher had to guess when to look again (a job waited 5-10 ms for
+the dispatcher).  Where inotify is missing, `wait` just sleeps and callers look on a timer.
 """
 
 from __future__ import annotations
@@ -9,25 +12,65 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import struct
 import sys
+import threading
 from pathlib import Path
 
-__all__ = ["DbWatch"]
+__all__ = ["DbWatch", "CommitSignal", "signal_path"]
 
-_IN_MODIFY, _IN_MOVED_TO, _IN_CREATE = 0x2, 0x80, 0x100
+_IN_MODIFY, _IN_CREATE = 0x2, 0x100
+_EVENT = struct.Struct("iIII")   # wd, mask, cookie, len; then len bytes of name
+
+
+def signal_path(db_path: Path) -> Path:
+    """The file that writers of db_path touch after each commit."""
+    return db_path.with_name(db_path.name + "-changed")
+
+
+class CommitSignal:
+    """The writer's side: tell every watcher of a database that a commit has just become visible."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = signal_path(db_path)
+        self.fd = -1
+        self._lock = threading.Lock()
+
+    def send(self) -> None:
+        """Rewrite the signal file's one byte (an inotify IN_MODIFY for every watcher)."""
+        with self._lock:
+            try:
+                if self.fd < 0:
+                    self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                os.pwrite(self.fd, b"\0", 0)
+            except OSError:  # watchers still look on their timer
+                self._close()
+
+    def close(self) -> None:
+        """Close the signal file."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
 
 
 class DbWatch:
-    """Watches the folder of a database for writes; `wait` returns early when one happens."""
+    """Watches for commits to a database; `wait` returns early when one is signalled."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, db_path: Path) -> None:
         self.fd = -1
+        self.name = os.fsencode(signal_path(db_path).name)
         if sys.platform.startswith("linux"):
             try:
                 libc = ctypes.CDLL(None, use_errno=True)
                 fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-                if fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(folder),
-                                                      _IN_MODIFY | _IN_MOVED_TO | _IN_CREATE) >= 0:
+                if fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(db_path.parent), _IN_MODIFY | _IN_CREATE) >= 0:
                     self.fd = fd
                 elif fd >= 0:
                     os.close(fd)
@@ -36,24 +79,25 @@ class DbWatch:
 
     @property
     def active(self) -> bool:
-        """Whether writes are noticed (False: wait only sleeps)."""
+        """Whether commits are noticed (False: wait only sleeps)."""
         return self.fd >= 0
 
     def changed(self) -> bool:
-        """Whether anything was written since the last look (never blocks)."""
+        """Whether a commit was signalled since the last look (never blocks)."""
         if self.fd < 0:
             return False
         seen = False
         while True:
             try:
-                if not os.read(self.fd, 65536):
-                    return seen
-                seen = True
+                events = os.read(self.fd, 65536)
             except BlockingIOError:
                 return seen
+            if not events:
+                return seen
+            seen = self._names_signal(events) or seen
 
     def wait(self, seconds: float) -> bool:
-        """Block until a write or for `seconds`; return whether a write was seen."""
+        """Block until a commit is signalled or for `seconds`; return whether one was."""
         if self.fd < 0:
             select.select([], [], [], seconds)
             return False
@@ -65,3 +109,13 @@ class DbWatch:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _names_signal(self, events: bytes) -> bool:
+        offset = 0
+        while offset + _EVENT.size <= len(events):
+            _, _, _, length = _EVENT.unpack_from(events, offset)
+            name = events[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0")
+            if name == self.name:
+                return True
+            offset += _EVENT.size + length
+        return False

@@ -41,15 +41,12 @@ STOPPED, RESTART = "stopped", "restart"
 EXIT_RESTART = 75                    # exit status of a dispatcher that ended its pool and wants a fresh start
 POLL_MIN, POLL_MAX = 0.05, 0.5       # seconds between looks at an empty queue, backing off when idle
 BUSY_TICK = 0.25                     # seconds between timeout checks while the pool is full
-# Between those looks the dispatcher watches the data dir (inotify), where every commit of any
-# process writes the WAL: a new job ends the wait at once.  Without it a one-image job waited 85 ms
-# (p50) for the dispatcher to claim it, 3.6 ms with it.  Polling the files every 5 ms instead took
-# an idle dispatcher from ~4% to 7% of a core (GIL hand-offs beside the MPI manager thread).
+# Between those looks the dispatcher sleeps until any process signals a commit to the store
+# (dbwatch: inotify): a new job ends the wait at once.  Without it a one-image job waited 85 ms
+# (p50) for the dispatcher to claim it.  Polling the files every 5 ms instead took an idle
+# dispatcher from ~4% to 7% of a core (GIL hand-offs beside the MPI manager thread).
 WATCH_TICK = 0.005         # seconds between looks while tasks run and there is room for more
 WATCH_IDLE_TICK = 0.25     # longest sleep in the kernel while idle (a stop is seen by then)
-# A wake can come from the first WAL write of a commit, before the commit is visible: the claim
-# then finds nothing and, without a second look, the job waited up to POLL_MAX (p99 540 ms).
-WATCH_RECHECK = 0.01       # after a wake by a write, look again this soon
 PURGE_EVERY = 60.0
 
 
@@ -88,8 +85,7 @@ class Dispatcher:
         self._due: dict[str, float] = {}
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
-        self.watch = DbWatch(settings.db_path.parent)
-        self._recheck = False
+        self.watch = DbWatch(store.settings.db_path)
 
     def run(self, stop: threading.Event) -> str:
         """Claim, submit and record until stop is set; return STOPPED, or RESTART if this process must end."""
@@ -280,8 +276,6 @@ class Dispatcher:
         pending = [f.future for f in self.flights.values() if not f.future.done()]
         if len(pending) != len(self.flights):
             return  # something to record now
-        if self._recheck:
-            seconds, self._recheck = min(seconds, WATCH_RECHECK), False
         if not watch or not self.watch.active:
             if pending:
                 wait(pending, timeout=seconds, return_when=FIRST_COMPLETED)
@@ -295,14 +289,10 @@ class Dispatcher:
                 return
             if not pending:  # idle: sleep in the kernel until someone commits
                 if self.watch.wait(min(left, WATCH_IDLE_TICK)):
-                    self._recheck = True
                     return
                 continue
             done, _ = wait(pending, timeout=min(WATCH_TICK, left), return_when=FIRST_COMPLETED)
-            if done:
-                return
-            if self.watch.changed():
-                self._recheck = True
+            if done or self.watch.changed():
                 return
 
 

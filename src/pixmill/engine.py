@@ -7,6 +7,7 @@ import ctypes.util
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
@@ -20,9 +21,11 @@ ENGINES = ("mpi", "local")
 # task after an idle spell, and a long one makes idle workers cheap.  Measured on 2 cores: 5 ms
 # for both cost 40% of one worker's throughput on 1920×1080 blurs; 1 ms for both took an idle
 # dispatcher with 3 workers over 5% of a core; 1 ms and 10 ms: 0.88 of a plain loop, ~4% idle.
-# With the fast spell below, the manager's cap only matters for tasks over FAST_SECONDS, so it is
-# 5 ms: idle 3 workers + manager 1.7-3.9% of a core instead of 3.6-5.3%, one worker still 0.90.
-MANAGER_BACKOFF = os.environ.get("PIXMILL_MANAGER_BACKOFF", "0.005")
+# With the fast spell below, the manager's cap only matters for tasks over FAST_SECONDS, and a
+# submit wakes the manager at once (quick_backoff_after_handoff), so the cap only bounds how late
+# the result of a long task is noticed: 20 ms.  Every wake of an idle process costs ~0.1 ms of CPU
+# on the 2-core VM: with a 5 ms cap the idle manager alone used 2.1% of a core, with 20 ms 0.5%.
+MANAGER_BACKOFF = os.environ.get("PIXMILL_MANAGER_BACKOFF", "0.02")
 WORKER_BACKOFF = os.environ.get("PIXMILL_WORKER_BACKOFF", "0.01")
 # Those caps cost small tasks dearly: a no-op's round trip took 17 ms, a 512×512 blur 24 ms
 # (3-7 ms in-process; 2 cores).  So for FAST_SECONDS after each hand-off, in the manager and in
@@ -67,23 +70,46 @@ def keep_freed_memory(limit: int) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, limit) and mallopt(_M_TRIM_THRESHOLD, limit))
 
 
-def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_SECONDS) -> bool:
-    """Cap mpi4py.futures' polling back-off at `fast` s for `hold` s after each hand-off; False if not possible."""
+def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_SECONDS, *,
+                                wake_on_submit: bool = False) -> bool:
+    """Cap mpi4py.futures' polling back-off at `fast` s for `hold` s after each hand-off; with wake_on_submit
+    (in the pool's own process) a submit also ends the manager's sleep at once. False if not possible."""
     core = sys.modules.get("mpi4py.futures._core")
-    backoff = getattr(core, "Backoff", None)
-    if backoff is None or not callable(getattr(backoff, "sleep", None)):
+    backoff, pool = getattr(core, "Backoff", None), getattr(core, "Pool", None)
+    if backoff is None or not callable(getattr(backoff, "sleep", None)) or not callable(getattr(pool, "push", None)):
         return False
+    if getattr(backoff, "pixmill_patched", False):
+        return True
+    # The manager sleeps by acquiring a lock that is always held; a submit releases it.  A timed
+    # acquire costs what time.sleep does (an Event's wait cost an idle pool 0.5% of a core more).
+    gate = threading.Lock()
+    gate.acquire()
+    pause = gate.acquire if wake_on_submit else None
 
     def sleep(self) -> None:  # mpi4py's own, plus the cap while a hand-off is recent
         if self.tval == 0.0:  # reset() at a hand-off sets tval to 0
             self.quick_until = time.monotonic() + hold
-        time.sleep(self.tval)
+        if pause is None or self.tval == 0.0:
+            time.sleep(self.tval)
+        else:
+            pause(timeout=self.tval)
         cap = self.tmax
         if cap > fast and time.monotonic() < getattr(self, "quick_until", 0.0):
             cap = fast
         self.tval = min(cap, max(self.tmin, self.tval * 2))
 
-    backoff.sleep = sleep
+    push = pool.push
+
+    def push_and_wake(self, item) -> None:
+        push(self, item)
+        try:
+            gate.release()
+        except RuntimeError:  # already released by another submit, not yet taken
+            pass
+
+    backoff.sleep, backoff.pixmill_patched = sleep, True
+    if wake_on_submit:
+        pool.push = push_and_wake
     return True
 
 
@@ -100,7 +126,7 @@ def make_executor(kind: str, workers: int) -> Executor:
     _prepare_mpi_environment()
     from mpi4py.futures import MPIPoolExecutor
 
-    quick_backoff_after_handoff()
+    quick_backoff_after_handoff(wake_on_submit=True)
     return MPIPoolExecutor(max_workers=workers, initializer=init_worker, initargs=(threads,),
                            env={"MPI4PY_FUTURES_BACKOFF": WORKER_BACKOFF})
 

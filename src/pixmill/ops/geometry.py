@@ -85,10 +85,11 @@ def thumbnail_shape(height: int, width: int, params: dict) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-@operation("thumbnail", "Shrink to fit inside a box, keeping the aspect ratio (never enlarges)",
+@operation("thumbnail", "Shrink to fit inside a box, keeping the aspect ratio (never enlarges); "
+           "as the first step, a JPEG is decoded straight at a reduced scale",
            Param("width", "int", 256, "box width in pixels", min=1, max=30_000),
            Param("height", "int", 256, "box height in pixels", min=1, max=30_000),
-           size=thumbnail_shape)
+           size=thumbnail_shape, shrink_on_load=True)
 def thumbnail(image, *, width, height):
     out_h, out_w = thumbnail_shape(image.shape[0], image.shape[1], {"width": width, "height": height})
     if (out_h, out_w) == image.shape[:2]:

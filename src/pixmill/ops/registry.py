@@ -104,7 +104,10 @@ class Operation:
     channel itself ("native") or works on BGR with the alpha channel put back after ("split").
     `check` validates the parameters together, raising ValueError.  `size`, for operations that
     change the size, gives the output (height, width) from the input's and the parameters, so
-    the pipeline can refuse an output over the pixel limit before allocating it.
+    the pipeline can refuse an output over the pixel limit before allocating it.  `shrink_on_load`
+    marks an operation that only shrinks the image to `size` with INTER_AREA: as a pipeline's first
+    step, a JPEG may then be decoded at 1/2, 1/4 or 1/8 scale (never below that size) and shrunk
+    the rest of the way, as thumbor, Pillow's thumbnail and libvips do.
     """
 
     name: str
@@ -116,6 +119,7 @@ class Operation:
     check: Callable[[dict], None] | None = None
     size: Callable[[int, int, dict], tuple[int, int]] | None = None
     family: str = ""
+    shrink_on_load: bool = False
 
     def param(self, name: str) -> Param | None:
         """The declared parameter called name, if there is one."""
@@ -146,15 +150,18 @@ _REGISTRY = _Registry()
 
 def operation(name: str, description: str, *params: Param, depth16: bool = True, alpha: str = "native",
               check: Callable[[dict], None] | None = None,
-              size: Callable[[int, int, dict], tuple[int, int]] | None = None) -> Callable:
+              size: Callable[[int, int, dict], tuple[int, int]] | None = None,
+              shrink_on_load: bool = False) -> Callable:
     """Register the decorated function as the operation `name`."""
+    if shrink_on_load and size is None:
+        raise ValueError(f"operation {name!r}: shrink_on_load needs the output size function")
 
     def register(func: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         if name in _REGISTRY.ops:
             raise ValueError(f"operation {name!r} is registered twice")
         family = func.__module__.rsplit(".", 1)[-1]
         _REGISTRY.ops[name] = Operation(name, func, description, tuple(params), depth16, alpha, check,
-                                         size, family)
+                                         size, family, shrink_on_load)
         return func
 
     return register

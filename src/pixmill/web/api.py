@@ -12,14 +12,19 @@ from ..errors import ImageTooLarge, NotFound, PixmillError
 from ..ops import catalogue
 from ..store import JobView, TaskView
 from .archive import pipeline_slug, stream_archive
+from .events import ENDED_JOB
 from .events import job_events as event_stream
 from .present import job_json
 from .schemas import DownloadQuery, JobOut, OperationOut
 from .security import authenticate, current_owner, download_name
 from .services import services
 from .uploads import Upload, human_bytes, read_upload
+from .waiting import ChangeWaiter, requested_wait, wait_until
 
 __all__ = ["bp", "init_app", "receive_upload", "result_response", "JobNotFinished", "ServerBusy"]
+
+UNFINISHED = ("queued", "running")
+SSE_MIN_GAP = 0.05   # seconds: a stream looks at its job at most this often, however busy the store
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1",
                   tag={"name": "jobs", "description": "Upload images, follow their progress, fetch results"})
@@ -107,10 +112,47 @@ def _task(job_id: str, n: int) -> tuple[JobView, TaskView]:
     return job, job.tasks[n]
 
 
+def _long_poll(check: Callable[[], bool]) -> float:
+    """Wait, up to the client's `Prefer: wait=N`, until check() is true; return the seconds applied (0: no wait)."""
+    seconds = requested_wait(request.headers)
+    if not seconds:
+        return 0.0
+    svc = services()
+    if not svc.event_slots.acquire(blocking=False):
+        return 0.0  # every slot is taken: answer now (a preference may be ignored)
+    try:
+        wait_until(check, seconds, svc.store.settings.db_path)
+        return seconds
+    finally:
+        svc.event_slots.release()
+
+
+def _applied(response: Response, seconds: float) -> Response:
+    if seconds:
+        response.headers["Preference-Applied"] = f"wait={seconds:g}"
+    return response
+
+
+def _state(task: TaskView) -> str:
+    return str(getattr(task.state, "value", task.state))
+
+
 def result_response(job_id: str, n: int, download: bool = False) -> Response:
-    """A result: 202 until it is ready, the image when done, 422 with the reason if it failed."""
+    """A result: 202 until it is ready, the image when done, 422 with the reason if it failed.
+
+    With `Prefer: wait=N` a task that has not ended is waited for, up to N seconds."""
     _, task = _task(job_id, n)
-    state = str(getattr(task.state, "value", task.state))
+    waited = 0.0
+    if _state(task) in UNFINISHED:
+        store, owner = services().store, current_owner()
+        waited = _long_poll(lambda: store.unfinished(job_id, n=n, owner=owner) == 0)
+        if waited:
+            _, task = _task(job_id, n)
+    return _applied(_task_response(job_id, task, download), waited)
+
+
+def _task_response(job_id: str, task: TaskView, download: bool) -> Response:
+    state = _state(task)
     if state == "done" and task.result_blob and task.result_format:
         name = download_name(task.name, EXTENSIONS[task.result_format], pipeline_slug(task.pipeline))
         return _send_blob(task.result_blob, task.result_format, name, download)
@@ -168,7 +210,14 @@ def create_job():
 @bp.doc(summary="A job's state, counts and tasks", responses={401: ERRORS[401], 404: ERRORS[404]})
 def get_job(job_id: str):
     """The job's state and counts, and per task its state, error, result URL, size and timings."""
-    return job_json(services().store.get_job(job_id, owner=current_owner()))
+    store, owner = services().store, current_owner()
+    job = store.get_job(job_id, owner=owner)
+    waited = 0.0
+    if job.state not in ENDED_JOB:
+        waited = _long_poll(lambda: store.unfinished(job_id, owner=owner) == 0)
+        if waited:
+            job = store.get_job(job_id, owner=owner)
+    return job_json(job), 200, ({"Preference-Applied": f"wait={waited:g}"} if waited else {})
 
 
 @bp.get("/jobs/<job_id>/events")
@@ -185,8 +234,15 @@ def job_events(job_id: str):
     svc.store.get_job(job_id, owner=owner)          # 404 now rather than inside the stream
     if not svc.event_slots.acquire(blocking=False):
         raise ServerBusy(f"too many event streams are open; poll GET /api/v1/jobs/{job_id} instead")
-    stream = event_stream(svc.store, job_id, owner, job_json, poll=svc.sse_poll, max_seconds=svc.sse_max_seconds)
-    response = Response(_Slot(stream_with_context(stream), svc.event_slots.release), mimetype="text/event-stream")
+    # The stream looks at the job when the store is written (or every sse_poll seconds), not on a timer.
+    waiter = ChangeWaiter(svc.store.settings.db_path, min_gap=min(SSE_MIN_GAP, svc.sse_poll))
+
+    def release() -> None:
+        waiter.close()
+        svc.event_slots.release()
+    stream = event_stream(svc.store, job_id, owner, job_json, poll=svc.sse_poll, max_seconds=svc.sse_max_seconds,
+                          sleep=waiter.wait)
+    response = Response(_Slot(stream_with_context(stream), release), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     return response

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 from ..errors import NotFound
 from ..store import JobView, Store
 
-__all__ = ["job_events", "sse"]
+__all__ = ["ENDED_JOB", "job_events", "sse"]
 
 ENDED_JOB = ("done", "cancelled")
 
@@ -24,6 +24,8 @@ def job_events(store: Store, job_id: str, owner: str | None, render: Callable[[J
                clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
     """Yield a 'progress' event whenever the job changes, then 'end' (or 'gone' if it was deleted).
+
+    Between looks at the job it calls sleep(poll), which may return early when the store is written.
 
     The stream is bounded: after max_seconds it closes and the client's EventSource reconnects,
     so one slow job never holds a server thread for good.
