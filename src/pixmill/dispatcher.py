@@ -30,6 +30,7 @@ from .dbwatch import DbWatch
 from .errors import PixmillError, TaskTimeout
 from .pipeline import parse_pipeline
 from .process import Result, process
+from .recorder import Recorder
 from .store import Store
 from .taskqueue import Claim
 
@@ -82,6 +83,7 @@ class Dispatcher:
         self.drain_seconds, self.parent_pid = drain_seconds, parent_pid
         self.flights: dict[int, Flight] = {}
         self.pool: Executor | None = None
+        self.recorder: Recorder | None = None
         self._due: dict[str, float] = {}
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
@@ -95,11 +97,14 @@ class Dispatcher:
         self.store.register_dispatcher(self.id, host=self.host, pid=me.pid, pid_started=me.create_time(),
                                        engine=self.engine, workers=self.workers)
         self.pool = self.make_pool()
+        self.recorder = Recorder(self.store, self.id)
         log.info("dispatcher %s: %d %s workers on %s", self.id, self.workers, self.engine,
                  self.settings.data_dir)
         poll = POLL_MIN
         try:
             while not stop.is_set() and not self._orphaned():
+                if self.recorder.error is not None:  # the store is failing: end, so the tasks run again
+                    raise self.recorder.error
                 now = time.monotonic()
                 self._housekeeping(now)
                 broken = self._record_done()
@@ -117,6 +122,7 @@ class Dispatcher:
                 self._wait(BUSY_TICK if full else poll, stop, watch=not full)
             return self._shutdown()
         finally:
+            self.recorder.close()
             self.watch.close()
             self.store.stop_dispatcher(self.id)
 
@@ -171,17 +177,11 @@ class Dispatcher:
             except Exception as exc:  # e.g. a result that cannot be pickled: the task fails, not the pool
                 self.store.fail(self.id, task_id, f"{type(exc).__name__}: {exc}", started_at=flight.started_at)
             else:
-                self._record_result(task_id, flight, result)
+                self.recorder.put(task_id, result, flight.started_at)
             del self.flights[task_id]
         if broken:  # whatever else was in flight went down with the pool too
             broken += [i for i, f in self.flights.items() if i not in broken and not f.future.done()]
         return broken
-
-    def _record_result(self, task_id: int, flight: Flight, result: Result) -> None:
-        try:
-            self.store.complete(self.id, task_id, result, started_at=flight.started_at)
-        except PixmillError as exc:  # the disk is full
-            self.store.fail(self.id, task_id, f"could not store the result: {exc.message}")
 
     def _rebuild(self, lost: list[int]) -> None:
         log.warning("the worker pool broke with %d tasks in flight; rebuilding it", len(lost))

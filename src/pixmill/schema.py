@@ -77,6 +77,11 @@ MIGRATIONS: tuple[str, ...] = (
         stopped_at REAL
     );
     """,
+    # 2: a job whose upload is still being read is open (sealed = 0): its tasks already run, but it
+    # is not shown until the upload is accepted, and it is deleted if the upload never ends.
+    """
+    ALTER TABLE jobs ADD COLUMN sealed INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -23,6 +23,7 @@ from .config import Settings
 from .dbwatch import CommitSignal
 from .errors import InvalidRequest, NotFound, StorageFull
 from .jobs import JobView, NewTask, TaskState, TaskView, job_view
+from .openjobs import OpenJobs, insert_tasks
 from .process import Output
 from .schema import migrate
 from .taskqueue import TaskQueue
@@ -30,10 +31,10 @@ from .taskqueue import TaskQueue
 __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store"]
 
 BUSY_TIMEOUT_MS = 30_000
-ORPHAN_GRACE = 3600.0       # seconds an uploaded blob may wait for its job before purge deletes it
+ORPHAN_GRACE = 3600.0       # seconds an uploaded blob (or an open job) may wait before purge deletes it
 
 
-class Store(TaskQueue):
+class Store(TaskQueue, OpenJobs):
     """Jobs, tasks and blobs in one data dir; see the module docstring."""
 
     def __init__(self, settings: Settings, blobs: BlobFolder):
@@ -127,25 +128,17 @@ class Store(TaskQueue):
         if not tasks:
             raise InvalidRequest("a job needs at least one image")
         job_id, now = secrets.token_urlsafe(18), time.time()
-        keys = [t.blob for t in tasks]
         with self._write() as db:
-            known = {row[0] for row in _select_in(db, "SELECT key FROM blobs WHERE key IN ({})", keys)}
-            missing = [k for k in keys if k not in known]
-            if missing:
-                raise InvalidRequest(f"blob {missing[0]} is not in the store")
             db.execute("INSERT INTO jobs (id, owner, created_at, output) VALUES (?, ?, ?, ?)",
                        (job_id, owner, now, json.dumps(dataclasses.asdict(output))))
-            db.executemany(
-                "INSERT INTO tasks (job_id, n, name, pipeline, state, created_at, input_blob, source_format) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                [(job_id, n, t.name, t.pipeline.text(), now, t.blob, t.source_format) for n, t in enumerate(tasks)])
+            insert_tasks(db, job_id, tasks, 0)
         return self.get_job(job_id)
 
     def get_job(self, job_id: str, *, owner: str | None = None) -> JobView:
         """The job with its tasks; NotFound if there is none or it belongs to another owner."""
         db = self._db()
         with self._read(db):
-            job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            job = db.execute("SELECT * FROM jobs WHERE id = ? AND sealed = 1", (job_id,)).fetchone()
             if job is None or (owner is not None and job["owner"] != owner):
                 raise NotFound(f"no such job: {job_id}")
             tasks = db.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
@@ -155,7 +148,7 @@ class Store(TaskQueue):
         """How many of the job's tasks (or only task n) are still queued or running; 0 once it is cancelled.
         NotFound as get_job. Cheaper than get_job, for waits that look often."""
         db = self._db()
-        job = db.execute("SELECT owner, cancelled_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        job = db.execute("SELECT owner, cancelled_at FROM jobs WHERE id = ? AND sealed = 1", (job_id,)).fetchone()
         if job is None or (owner is not None and job["owner"] != owner):
             raise NotFound(f"no such job: {job_id}")
         where, args = ("AND n = ?", (job_id, n)) if n is not None else ("", (job_id,))
@@ -168,9 +161,9 @@ class Store(TaskQueue):
     def list_jobs(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
         """The most recent jobs (of one owner, when given), newest first."""
         db = self._db()
-        where, args = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
-        ids = [r[0] for r in db.execute(f"SELECT id FROM jobs {where} ORDER BY created_at DESC LIMIT ?",
-                                        (*args, limit))]
+        where, args = ("AND owner = ?", [owner]) if owner is not None else ("", [])
+        ids = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE sealed = 1 {where} ORDER BY created_at DESC "
+                                        f"LIMIT ?", (*args, limit))]
         views = []
         for job_id in ids:
             try:
@@ -200,8 +193,8 @@ class Store(TaskQueue):
         """Delete jobs older than the TTL with their blobs, and stale orphan uploads; return the jobs deleted."""
         now = time.time() if now is None else now
         with self._write() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE created_at < ?",
-                                            (now - self.settings.ttl_seconds,))]
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE created_at < ? OR (sealed = 0 AND created_at < ?)",
+                                            (now - self.settings.ttl_seconds, now - ORPHAN_GRACE))]
             keys = self._delete_jobs(db, ids)
             orphans = [r[0] for r in db.execute(
                 "SELECT key FROM blobs WHERE created_at < ? AND NOT EXISTS "
@@ -277,7 +270,7 @@ class Store(TaskQueue):
             db.execute("COMMIT")
 
     def _owned(self, db: sqlite3.Connection, job_id: str, owner: str | None) -> None:
-        row = db.execute("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = db.execute("SELECT owner FROM jobs WHERE id = ? AND sealed = 1", (job_id,)).fetchone()
         if row is None or (owner is not None and row[0] != owner):
             raise NotFound(f"no such job: {job_id}")
 

@@ -14,10 +14,12 @@ import sqlite3
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from .blobs import BlobFolder, new_key
 from .config import Settings
+from .errors import PixmillError
 from .process import Output, Result
 
 __all__ = ["Claim", "TaskQueue", "crash_message"]
@@ -103,36 +105,51 @@ class TaskQueue:
     def complete(self, dispatcher_id: str, task_id: int, result: Result, *, started_at: float | None = None) -> bool:
         """Store a held task's result blob and mark it done, in one transaction; False (and nothing stored)
         if the task is no longer ours: cancelled, deleted or requeued meanwhile."""
-        tmp, size = self.blobs.write_temp(result.data, max_bytes=None)
-        key, now = new_key(), time.time()
+        return self.complete_many(dispatcher_id, [(task_id, result, started_at)])[0]
+
+    def complete_many(self, dispatcher_id: str, done: list[tuple[int, Result, float | None]]) -> list[bool]:
+        """complete() for several held tasks (task id, result, started_at) in one transaction; a result
+        that cannot be stored (the disk is full) fails its task instead. True for each task marked done."""
+        written: list[tuple[int, Result, float | None, Path, int, str]] = []
+        refused: list[tuple[int, str, float | None]] = []
         try:
-            with self._write() as db:
-                cur = db.execute(
-                    "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, height = ?, "
-                    "notes = ?, error = NULL, started_at = COALESCE(?, started_at), finished_at = ?, "
-                    "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
-                    (key, result.format, result.width, result.height, json.dumps(list(result.notes)), started_at, now,
-                     task_id, dispatcher_id))
-                if cur.rowcount != 1:
-                    return False
-                db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, now))
-                self.blobs.commit(tmp, key)
-            return True
-        except BaseException:
-            self.blobs.delete([key])  # rolled back: nothing refers to it
-            raise
+            for task_id, result, started_at in done:
+                try:
+                    tmp, size = self.blobs.write_temp(result.data, max_bytes=None)
+                except PixmillError as exc:
+                    refused.append((task_id, f"could not store the result: {exc.message}", started_at))
+                    continue
+                written.append((task_id, result, started_at, tmp, size, new_key()))
+            recorded: set[int] = set()
+            now = time.time()
+            try:
+                with self._write() as db:
+                    for task_id, result, started_at, tmp, size, key in written:
+                        cur = db.execute(
+                            "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, "
+                            "height = ?, notes = ?, error = NULL, started_at = COALESCE(?, started_at), "
+                            "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
+                            "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                            (key, result.format, result.width, result.height, json.dumps(list(result.notes)),
+                             started_at, now, task_id, dispatcher_id))
+                        if cur.rowcount == 1:
+                            db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, now))
+                            self.blobs.commit(tmp, key)
+                            recorded.add(task_id)
+                    for task_id, error, started_at in refused:
+                        _fail(db, dispatcher_id, task_id, error, started_at)
+            except BaseException:
+                self.blobs.delete([w[5] for w in written])  # rolled back: nothing refers to them
+                raise
+            return [task_id in recorded for task_id, _, _ in done]
         finally:
-            tmp.unlink(missing_ok=True)
+            for w in written:
+                w[3].unlink(missing_ok=True)
 
     def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:
         """Mark a held task failed with a message for the user; False if it is no longer ours."""
         with self._write() as db:
-            cur = db.execute(
-                "UPDATE tasks SET state = 'failed', error = ?, started_at = COALESCE(?, started_at), "
-                "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
-                "WHERE id = ? AND lease_owner = ? AND state = 'running'",
-                (error, started_at, time.time(), task_id, dispatcher_id))
-            return cur.rowcount == 1
+            return _fail(db, dispatcher_id, task_id, error, started_at)
 
     def release(self, dispatcher_id: str, task_ids: Iterable[int]) -> int:
         """Put held tasks back in the queue without counting the attempt (a clean shutdown)."""
@@ -196,6 +213,14 @@ def output_from_json(text: str) -> Output:
     """The Output stored as JSON, ignoring fields this version does not know."""
     known = {f.name for f in dataclasses.fields(Output)}
     return Output(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+def _fail(db: sqlite3.Connection, dispatcher_id: str, task_id: int, error: str, started_at: float | None) -> bool:
+    cur = db.execute("UPDATE tasks SET state = 'failed', error = ?, started_at = COALESCE(?, started_at), "
+                     "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
+                     "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                     (error, started_at, time.time(), task_id, dispatcher_id))
+    return cur.rowcount == 1
 
 
 def _release(db: sqlite3.Connection, dispatcher_id: str, ids: list[int]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator
 
 from apiflask import APIBlueprint
@@ -13,13 +14,14 @@ from ..ops import catalogue
 from ..store import JobView, TaskView
 from .archive import pipeline_slug, stream_archive
 from .events import ENDED_JOB
+from .jobstart import JobStart
 from .events import job_events as event_stream
 from .present import job_json
 from .schemas import DownloadQuery, JobOut, OperationOut
 from .security import authenticate, current_owner, download_name
 from .services import services
 from .uploads import Upload, human_bytes, read_upload
-from .waiting import ChangeWaiter, requested_wait, wait_until
+from .waiting import requested_wait
 
 __all__ = ["bp", "init_app", "receive_upload", "result_response", "JobNotFinished", "ServerBusy"]
 
@@ -96,10 +98,12 @@ def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
     if request.content_length is not None and request.content_length > limit:
         raise ImageTooLarge(f"the request is {human_bytes(request.content_length)}, over the "
                             f"{human_bytes(limit)} per-request limit")
-    upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict)
+    start = JobStart(svc.store, owner=current_owner())
+    upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict, job=start)
     try:
-        job = svc.store.create_job(upload.tasks, upload.output, owner=current_owner())
+        job = start.finish(upload.tasks, upload.output)
     except BaseException:
+        start.abandon()
         svc.store.delete_blobs(upload.blobs)
         raise
     return job, upload
@@ -121,7 +125,7 @@ def _long_poll(check: Callable[[], bool]) -> float:
     if not svc.event_slots.acquire(blocking=False):
         return 0.0  # every slot is taken: answer now (a preference may be ignored)
     try:
-        wait_until(check, seconds, svc.store.settings.db_path)
+        svc.waits.until(check, seconds)
         return seconds
     finally:
         svc.event_slots.release()
@@ -234,15 +238,15 @@ def job_events(job_id: str):
     svc.store.get_job(job_id, owner=owner)          # 404 now rather than inside the stream
     if not svc.event_slots.acquire(blocking=False):
         raise ServerBusy(f"too many event streams are open; poll GET /api/v1/jobs/{job_id} instead")
-    # The stream looks at the job when the store is written (or every sse_poll seconds), not on a timer.
-    waiter = ChangeWaiter(svc.store.settings.db_path, min_gap=min(SSE_MIN_GAP, svc.sse_poll))
+    seen = [svc.waits.mark()]  # the commits counted before the stream's next look at the job
 
-    def release() -> None:
-        waiter.close()
-        svc.event_slots.release()
+    def pause(seconds: float) -> None:  # until a commit after that look (or seconds), at most every MIN_GAP
+        svc.waits.next_commit(seconds, since=seen[0])
+        time.sleep(min(SSE_MIN_GAP, seconds))
+        seen[0] = svc.waits.mark()
     stream = event_stream(svc.store, job_id, owner, job_json, poll=svc.sse_poll, max_seconds=svc.sse_max_seconds,
-                          sleep=waiter.wait)
-    response = Response(_Slot(stream_with_context(stream), release), mimetype="text/event-stream")
+                          sleep=pause)
+    response = Response(_Slot(stream_with_context(stream), svc.event_slots.release), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     return response

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from .. import codec
 from ..config import Settings
@@ -20,10 +19,12 @@ from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidReques
 from ..pipeline import Pipeline, parse_pipeline
 from ..process import OUTPUT_FORMATS, Output
 from ..store import NewTask, Store
+from . import multipart
+from .jobstart import JobStart
 
 __all__ = ["Upload", "read_upload", "human_bytes"]
 
-CHUNK = 64 * 1024
+CHUNK = 64 * 1024          # bytes read from the request at a time
 HEAD_BYTES = 256 * 1024           # enough for the header of every format we accept, in practice
 MAX_FIELD_BYTES = 16 * 1024       # a pipeline is at most 4000 characters
 MAX_NAME_CHARS = 255
@@ -49,8 +50,10 @@ def human_bytes(n: int) -> str:
 
 
 def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, store: Store, *,
-                strict: bool = True) -> Upload:
-    """Stream a multipart body into the blob store and validate it; on any refusal delete what was written."""
+                strict: bool = True, job: JobStart | None = None) -> Upload:
+    """Stream a multipart body into the blob store and validate it; on any refusal delete what was written.
+
+    With job, tasks are handed to it as soon as their file and pipeline are known (see openjobs)."""
     mimetype, options = parse_options_header(content_type or "")
     boundary = options.get("boundary", "")
     if mimetype != "multipart/form-data" or not boundary:
@@ -58,8 +61,10 @@ def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, 
                              "'operations' (one per file) or one 'pipeline'")
     upload = Upload(tasks=[], output=Output())
     try:
-        _Reader(stream, boundary.encode(), settings, store, upload, strict).run()
+        _Reader(stream, boundary.encode(), settings, store, upload, strict, job).run()
     except BaseException:
+        if job is not None:
+            job.abandon()
         store.delete_blobs(upload.blobs)
         raise
     return upload
@@ -69,40 +74,31 @@ class _Reader:
     """One pass over the multipart events of one request."""
 
     def __init__(self, stream: BinaryIO, boundary: bytes, settings: Settings, store: Store,
-                 upload: Upload, strict: bool) -> None:
+                 upload: Upload, strict: bool, job: JobStart | None) -> None:
         self.stream, self.settings, self.store, self.upload, self.strict = stream, settings, store, upload, strict
-        self.decoder = MultipartDecoder(boundary, max_form_memory_size=4 * CHUNK)
+        self.boundary, self.job = boundary, job
         self.received = 0
         self.files: list[tuple[str, str, str]] = []         # (name, blob, format)
         self.fields: dict[str, list[str]] = {}
+        self._pipelines: dict[int, Pipeline] = {}            # parsed `operations`, by file number
 
     def run(self) -> None:
-        events = self._events()
+        events = multipart.events(self._read, self.boundary)
         for event in events:
-            if isinstance(event, (Field, File)):
+            if isinstance(event, multipart.Part):
                 if event.name == "files":
                     self._take_file(event, _PartReader(events))
                 else:
                     self._take_field(event.name, _PartReader(events))
         self._finish()
 
-    def _events(self) -> Iterator[object]:
-        while True:
-            try:
-                event = self.decoder.next_event()
-            except ValueError as exc:
-                raise InvalidRequest(f"the multipart body is malformed: {exc}") from None
-            if isinstance(event, NeedData):
-                chunk = self.stream.read(CHUNK)
-                self.received += len(chunk)
-                if self.received > self.settings.max_request_bytes:
-                    raise ImageTooLarge(f"the request is over the {human_bytes(self.settings.max_request_bytes)} "
-                                        f"per-request limit")
-                self.decoder.receive_data(chunk or None)
-                continue
-            yield event
-            if isinstance(event, Epilogue):
-                return
+    def _read(self) -> bytes:
+        chunk = self.stream.read(CHUNK)
+        self.received += len(chunk)
+        if self.received > self.settings.max_request_bytes:
+            raise ImageTooLarge(f"the request is over the {human_bytes(self.settings.max_request_bytes)} "
+                                f"per-request limit")
+        return chunk
 
     def _take_field(self, name: str, part: "_PartReader") -> None:
         value = part.read(MAX_FIELD_BYTES + 1)
@@ -118,9 +114,11 @@ class _Reader:
         except UnicodeDecodeError:
             raise InvalidRequest(f"form field {name!r} is not UTF-8 text") from None
         self.fields.setdefault(name, []).append(text)
+        if name in ("operations", "pipeline"):
+            self._offer()
 
-    def _take_file(self, event: File | Field, part: "_PartReader") -> None:
-        filename = getattr(event, "filename", "") or ""
+    def _take_file(self, event: multipart.Part, part: "_PartReader") -> None:
+        filename = event.filename or ""
         head = part.read(HEAD_BYTES)
         if not head and part.eof and not filename:
             return                   # an empty file input: browsers send a part with no name and no data
@@ -153,6 +151,22 @@ class _Reader:
             except PixmillError as exc:
                 raise _named(name, exc) from None
         self.files.append((name, blob, getattr(info, "format", None) or fmt))
+        self._offer()
+
+    def _offer(self) -> None:
+        """Hand the job the tasks whose file and pipeline are both known, if the form is sound so far."""
+        if self.job is None:
+            return
+        pipelines, operations = self.fields.get("pipeline", []), self.fields.get("operations", [])
+        if len(pipelines) > 1 or (pipelines and operations) or (not pipelines and not operations):
+            return  # nothing to run yet, or _finish will refuse the form
+        ready = len(self.files) if pipelines else min(len(self.files), len(operations))
+        if ready <= self.job.started:
+            return
+        try:
+            self.job.offer(self._tasks(ready), self._output())
+        except PixmillError:
+            self.job = None  # _finish says what is wrong, in its order; nothing more starts early
 
     def _finish(self) -> None:
         if not self.files:
@@ -171,14 +185,24 @@ class _Reader:
         if operations and len(operations) != len(self.files):
             raise InvalidRequest(f"{_count(len(self.files), 'file')} but {_count(len(operations), 'operation')}: "
                                  f"give one operation per file, in the same order, or one 'pipeline' for all files")
-        if pipelines:
-            shared = _parse("pipeline", pipelines[0])
-            specs = [shared] * len(self.files)
-        else:
-            specs = [_parse(name, op) for (name, _, _), op in zip(self.files, operations)]
+        self.upload.tasks = self._tasks(len(self.files))
         self.upload.output = self._output()
-        self.upload.tasks = [NewTask(name=name, pipeline=pipeline, blob=blob, source_format=fmt)
-                             for (name, blob, fmt), pipeline in zip(self.files, specs)]
+
+    def _tasks(self, count: int) -> list[NewTask]:
+        """The first count files as tasks, each with its pipeline (parsed once)."""
+        pipelines, operations = self.fields.get("pipeline", []), self.fields.get("operations", [])
+        if pipelines and -1 not in self._pipelines:
+            self._pipelines[-1] = _parse("pipeline", pipelines[0])
+        tasks = []
+        for n, (name, blob, fmt) in enumerate(self.files[:count]):
+            if pipelines:
+                pipeline = self._pipelines[-1]
+            else:
+                if n not in self._pipelines:
+                    self._pipelines[n] = _parse(name, operations[n])
+                pipeline = self._pipelines[n]
+            tasks.append(NewTask(name=name, pipeline=pipeline, blob=blob, source_format=fmt))
+        return tasks
 
     def _output(self) -> Output:
         fmt = self._single("format") or "auto"
@@ -223,7 +247,7 @@ class _PartReader:
 
     def _fill(self) -> None:
         event = next(self.events, None)
-        if not isinstance(event, Data):
+        if not isinstance(event, multipart.Data):
             raise InvalidRequest("the multipart body ended in the middle of a part")
         self.buffer += event.data
         self.eof = not event.more_data
