@@ -101,6 +101,7 @@ class Dispatcher:
         log.info("dispatcher %s: %d %s workers on %s", self.id, self.workers, self.engine,
                  self.settings.data_dir)
         poll = POLL_MIN
+        clean = False
         try:
             while not stop.is_set() and not self._orphaned():
                 if self.recorder.error is not None:  # the store is failing: end, so the tasks run again
@@ -114,17 +115,23 @@ class Dispatcher:
                 runaway = self._runaway(now)
                 if runaway is not None:
                     if self._end_runaway(runaway) == RESTART:
+                        clean = True
                         return RESTART
                     continue
                 claimed = self._fill()
                 poll = POLL_MIN if claimed else min(poll * 2, POLL_MAX)
                 full = len(self.flights) >= 2 * self.workers or self._isolating()
                 self._wait(BUSY_TICK if full else poll, stop, watch=not full)
-            return self._shutdown()
+            outcome = self._shutdown()
+            clean = True
+            return outcome
         finally:
             self.recorder.close()
             self.watch.close()
-            self.store.stop_dispatcher(self.id)
+            if clean:
+                self.store.stop_dispatcher(self.id)
+            else:  # left as running: whoever starts next requeues its tasks at once, counting the attempt
+                self._end_pool(kill=True)
 
     def _fill(self) -> int:
         """Claim and submit enough tasks to keep two per worker in flight."""
@@ -177,7 +184,7 @@ class Dispatcher:
             except Exception as exc:  # e.g. a result that cannot be pickled: the task fails, not the pool
                 self.store.fail(self.id, task_id, f"{type(exc).__name__}: {exc}", started_at=flight.started_at)
             else:
-                self.recorder.put(task_id, result, flight.started_at)
+                self.recorder.put(task_id, result, flight.started_at, flight.claim.claims)
             del self.flights[task_id]
         if broken:  # whatever else was in flight went down with the pool too
             broken += [i for i, f in self.flights.items() if i not in broken and not f.future.done()]
@@ -339,8 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, help="stop when this parent process is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    status = run_dispatcher(load_settings(), dispatcher_id=args.dispatcher_id, task=args.task,
-                            parent_pid=args.parent)
+    try:
+        status = run_dispatcher(load_settings(), dispatcher_id=args.dispatcher_id, task=args.task,
+                                parent_pid=args.parent)
+    except Exception:  # e.g. the store is failing: the supervisor starts a new dispatcher
+        log.exception("the dispatcher failed")
+        status = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # never wait on MPI's exit handlers: the pool is already dealt with

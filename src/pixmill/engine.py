@@ -15,26 +15,22 @@ from pathlib import Path
 __all__ = ["ENGINES", "make_executor", "threads_per_worker"]
 
 ENGINES = ("mpi", "local")
-# mpi4py.futures polls with a back-off that doubles up to a cap while nothing arrives.  The pool's
-# manager (in this process) notices a finished task within its cap, so its cap is short.  A
-# worker's back-off restarts from microseconds at each hand-off, so its cap only delays the first
-# task after an idle spell, and a long one makes idle workers cheap.  Measured on 2 cores: 5 ms
-# for both cost 40% of one worker's throughput on 1920×1080 blurs; 1 ms for both took an idle
-# dispatcher with 3 workers over 5% of a core; 1 ms and 10 ms: 0.88 of a plain loop, ~4% idle.
-# With the fast spell below, the manager's cap only matters for tasks over FAST_SECONDS, and a
-# submit wakes the manager at once (quick_backoff_after_handoff), so the cap only bounds how late
-# the result of a long task is noticed: 20 ms.  Every wake of an idle process costs ~0.1 ms of CPU
-# on the 2-core VM: with a 5 ms cap the idle manager alone used 2.1% of a core, with 20 ms 0.5%.
+# mpi4py.futures polls with a back-off that doubles, from a thousandth of its cap, while nothing
+# arrives.  Every wake of an idle process costs ~0.05-0.1 ms of CPU on the 2-core VM, so the caps
+# set what an idle pool costs, and how late a task that arrives after a quiet spell is noticed
+# (about twice a worker's cap: a no-op round trip took 19 ms with a 10 ms cap, 41 ms with 20 ms).
+# So the back-off stops growing at FAST_BACKOFF for FAST_SECONDS after each hand-off (no-op 2-3 ms,
+# a 512×512 blur 5-8 ms, back to back), then at WARM_BACKOFF for WARM_SECONDS more (a task a second
+# after the last one: no-op 5-6 ms), and only then grows to the caps.  A submit wakes the manager
+# at once (quick_backoff_after_handoff), so its cap only bounds how late the result of a task
+# longer than the spells is seen.  Idle dispatcher with 3 workers (tests/test_jobs_mpi.py): with
+# caps 5 ms / 10 ms and no warm spell 4.2-4.6% of a core; with 20 ms / 20 ms and the spells 2.9-3.8%.
 MANAGER_BACKOFF = os.environ.get("PIXMILL_MANAGER_BACKOFF", "0.02")
-WORKER_BACKOFF = os.environ.get("PIXMILL_WORKER_BACKOFF", "0.01")
-# Those caps cost small tasks dearly: a no-op's round trip took 17 ms, a 512×512 blur 24 ms
-# (3-7 ms in-process; 2 cores).  So for FAST_SECONDS after each hand-off, in the manager and in
-# the workers, the back-off stops growing at FAST_BACKOFF (no-op 2 ms, blur 5-6 ms), then grows to
-# the caps above, which keep idle pools cheap.  An idle pool's first 5 s after a task: 6.6% of a
-# core with 0.2 ms for 2 s, 3-5% with 0.5 ms for 0.5 s, 2.6-3.6% with 0.5 ms for 0.3 s (2.6-3.2%
-# without the fast spell; shared machine).  Tasks less than ~0.25 s apart keep the fast spell.
+WORKER_BACKOFF = os.environ.get("PIXMILL_WORKER_BACKOFF", "0.02")
 FAST_BACKOFF = float(os.environ.get("PIXMILL_FAST_BACKOFF", "0.0005"))
 FAST_SECONDS = 0.3
+WARM_BACKOFF = float(os.environ.get("PIXMILL_WARM_BACKOFF", "0.002"))
+WARM_SECONDS = float(os.environ.get("PIXMILL_WARM_SECONDS", "2"))
 
 
 def threads_per_worker(workers: int) -> int:
@@ -72,8 +68,9 @@ def keep_freed_memory(limit: int) -> bool:
 
 def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_SECONDS, *,
                                 wake_on_submit: bool = False) -> bool:
-    """Cap mpi4py.futures' polling back-off at `fast` s for `hold` s after each hand-off; with wake_on_submit
-    (in the pool's own process) a submit also ends the manager's sleep at once. False if not possible."""
+    """Cap mpi4py.futures' polling back-off at `fast` s for `hold` s after each hand-off, then at WARM_BACKOFF
+    for WARM_SECONDS more; with wake_on_submit (in the pool's own process) a submit also ends the manager's
+    sleep at once. False if not possible."""
     core = sys.modules.get("mpi4py.futures._core")
     backoff, pool = getattr(core, "Backoff", None), getattr(core, "Pool", None)
     if backoff is None or not callable(getattr(backoff, "sleep", None)) or not callable(getattr(pool, "push", None)):
@@ -86,16 +83,19 @@ def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_S
     gate.acquire()
     pause = gate.acquire if wake_on_submit else None
 
-    def sleep(self) -> None:  # mpi4py's own, plus the cap while a hand-off is recent
+    def sleep(self) -> None:  # mpi4py's own, plus the caps while a hand-off is recent
         if self.tval == 0.0:  # reset() at a hand-off sets tval to 0
             self.quick_until = time.monotonic() + hold
+            self.warm_until = self.quick_until + WARM_SECONDS
         if pause is None or self.tval == 0.0:
             time.sleep(self.tval)
         else:
             pause(timeout=self.tval)
-        cap = self.tmax
-        if cap > fast and time.monotonic() < getattr(self, "quick_until", 0.0):
+        cap, now = self.tmax, time.monotonic()
+        if cap > fast and now < getattr(self, "quick_until", 0.0):
             cap = fast
+        elif cap > WARM_BACKOFF and now < getattr(self, "warm_until", 0.0):
+            cap = WARM_BACKOFF
         self.tval = min(cap, max(self.tmin, self.tval * 2))
 
     push = pool.push

@@ -15,6 +15,7 @@ import threading
 
 from .process import Result
 from .store import Store
+from .taskqueue import Finished
 
 __all__ = ["Recorder"]
 
@@ -24,11 +25,11 @@ BATCH = 32     # results stored in one transaction at most
 
 
 class Recorder:
-    """Stores (task id, result, started_at) handed to `put`, in a thread; `close` waits for all."""
+    """Stores the results handed to `put`, in a thread; `close` waits for all."""
 
     def __init__(self, store: Store, dispatcher_id: str) -> None:
         self.store, self.dispatcher_id = store, dispatcher_id
-        self._queue: queue.SimpleQueue[tuple[int, Result, float | None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()
         self._waiting = 0                      # results put and not yet stored
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -36,11 +37,11 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="pixmill-recorder", daemon=True)
         self._thread.start()
 
-    def put(self, task_id: int, result: Result, started_at: float | None) -> None:
-        """Store this result soon."""
+    def put(self, task_id: int, result: Result, started_at: float | None, claim: int | None = None) -> None:
+        """Store this result of a held task (run under the claim numbered `claim`) soon."""
         with self._lock:
             self._waiting += 1
-        self._queue.put((task_id, result, started_at))
+        self._queue.put(Finished(task_id, result, started_at, claim))
 
     @property
     def waiting(self) -> int:

@@ -79,8 +79,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: a job whose upload is still being read is open (sealed = 0): its tasks already run, but it
     # is not shown until the upload is accepted, and it is deleted if the upload never ends.
+    # tasks.claims counts the claims of a task and is never lowered, so the result of one claim is
+    # never stored for a later claim of the same task (results are stored by a thread, later).
     """
     ALTER TABLE jobs ADD COLUMN sealed INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tasks ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,14 +15,14 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from .blobs import BlobFolder, new_key
 from .config import Settings
 from .errors import PixmillError
 from .process import Output, Result
 
-__all__ = ["Claim", "TaskQueue", "crash_message"]
+__all__ = ["Claim", "Finished", "TaskQueue", "crash_message"]
 
 
 def crash_message(crashes: int) -> str:
@@ -43,6 +43,16 @@ class Claim:
     output: Output
     attempts: int
     suspect: bool
+    claims: int = 0          # this claim's number: only its result may be stored (see complete_many)
+
+
+class Finished(NamedTuple):
+    """A held task's result to store: its id, the result, when it started and the claim it ran under."""
+
+    task_id: int
+    result: Result
+    started_at: float | None = None
+    claim: int | None = None   # Claim.claims; None: any claim by this dispatcher
 
 
 class TaskQueue:
@@ -82,14 +92,14 @@ class TaskQueue:
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
-            db.execute(f"UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?, "
+            db.execute(f"UPDATE tasks SET state = 'running', attempts = attempts + 1, claims = claims + 1, started_at = ?, "
                        f"lease_owner = ?, lease_expires = ? WHERE id IN ({marks})",
                        (now, dispatcher_id, now + self.settings.lease_seconds, *ids))
             rows = db.execute(f"SELECT t.*, j.output FROM tasks t JOIN jobs j ON j.id = t.job_id "
                               f"WHERE t.id IN ({marks}) ORDER BY t.id", ids).fetchall()
         return [Claim(id=r["id"], job_id=r["job_id"], n=r["n"], name=r["name"], pipeline=r["pipeline"],
                       input_blob=r["input_blob"], output=output_from_json(r["output"]),
-                      attempts=r["attempts"], suspect=r["crashes"] > 0) for r in rows]
+                      attempts=r["attempts"], suspect=r["crashes"] > 0, claims=r["claims"]) for r in rows]
 
     def renew(self, dispatcher_id: str, *, workers: int | None = None) -> set[int]:
         """Extend the leases of this dispatcher's tasks and beat its heart; return the task ids it still holds."""
@@ -102,49 +112,54 @@ class TaskQueue:
             return {r[0] for r in db.execute("SELECT id FROM tasks WHERE lease_owner = ? AND state = 'running'",
                                              (dispatcher_id,))}
 
-    def complete(self, dispatcher_id: str, task_id: int, result: Result, *, started_at: float | None = None) -> bool:
+    def complete(self, dispatcher_id: str, task_id: int, result: Result, *, started_at: float | None = None,
+                 claim: int | None = None) -> bool:
         """Store a held task's result blob and mark it done, in one transaction; False (and nothing stored)
-        if the task is no longer ours: cancelled, deleted or requeued meanwhile."""
-        return self.complete_many(dispatcher_id, [(task_id, result, started_at)])[0]
+        if the task is no longer ours (cancelled, deleted, requeued, claimed again) or the result could
+        not be stored (the disk is full: the task fails instead)."""
+        return self.complete_many(dispatcher_id, [Finished(task_id, result, started_at, claim)])[0]
 
-    def complete_many(self, dispatcher_id: str, done: list[tuple[int, Result, float | None]]) -> list[bool]:
-        """complete() for several held tasks (task id, result, started_at) in one transaction; a result
-        that cannot be stored (the disk is full) fails its task instead. True for each task marked done."""
-        written: list[tuple[int, Result, float | None, Path, int, str]] = []
+    def complete_many(self, dispatcher_id: str, done: Iterable[tuple]) -> list[bool]:
+        """complete() for several held tasks (Finished, or tuples of its fields) in one transaction; a
+        result that cannot be stored (the disk is full) fails its task instead. True for each task marked done."""
+        done = [Finished(*item) for item in done]
+        written: list[tuple[Finished, Path, int, str]] = []
         refused: list[tuple[int, str, float | None]] = []
         try:
-            for task_id, result, started_at in done:
+            for item in done:
+                task_id, result, started_at = item.task_id, item.result, item.started_at
                 try:
                     tmp, size = self.blobs.write_temp(result.data, max_bytes=None)
                 except PixmillError as exc:
                     refused.append((task_id, f"could not store the result: {exc.message}", started_at))
                     continue
-                written.append((task_id, result, started_at, tmp, size, new_key()))
+                written.append((item, tmp, size, new_key()))
             recorded: set[int] = set()
             now = time.time()
             try:
                 with self._write() as db:
-                    for task_id, result, started_at, tmp, size, key in written:
+                    for item, tmp, size, key in written:
+                        result = item.result
                         cur = db.execute(
                             "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, "
                             "height = ?, notes = ?, error = NULL, started_at = COALESCE(?, started_at), "
                             "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
-                            "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                            "WHERE id = ? AND lease_owner = ? AND state = 'running' AND claims = COALESCE(?, claims)",
                             (key, result.format, result.width, result.height, json.dumps(list(result.notes)),
-                             started_at, now, task_id, dispatcher_id))
+                             item.started_at, now, item.task_id, dispatcher_id, item.claim))
                         if cur.rowcount == 1:
                             db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, now))
                             self.blobs.commit(tmp, key)
-                            recorded.add(task_id)
+                            recorded.add(item.task_id)
                     for task_id, error, started_at in refused:
                         _fail(db, dispatcher_id, task_id, error, started_at)
             except BaseException:
-                self.blobs.delete([w[5] for w in written])  # rolled back: nothing refers to them
+                self.blobs.delete([key for *_, key in written])  # rolled back: nothing refers to them
                 raise
-            return [task_id in recorded for task_id, _, _ in done]
+            return [item.task_id in recorded for item in done]
         finally:
-            for w in written:
-                w[3].unlink(missing_ok=True)
+            for _, tmp, _, _ in written:
+                tmp.unlink(missing_ok=True)
 
     def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:
         """Mark a held task failed with a message for the user; False if it is no longer ours."""

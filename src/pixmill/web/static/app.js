@@ -116,13 +116,15 @@
 
   function submit() {
     alertBox("");
+    // Settings first and each file's operation before the file: the server then starts on the
+    // first images while the rest of the upload is still being stored.
     const form = new FormData();
-    state.items.forEach((item) => {
-      form.append("files", item.file, item.file.name);
-      form.append("operations", item.editor.text());
-    });
     form.append("format", $("format").value);
     form.append("quality", $("quality").value);
+    state.items.forEach((item) => {
+      form.append("operations", item.editor.text());
+      form.append("files", item.file, item.file.name);
+    });
     $("submit").disabled = true;
     showProgress(state.items.map((item, n) => ({ n: n, name: item.file.name, state: "uploading" })));
     const xhr = new XMLHttpRequest();
