@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (Server, cpu_seconds, environment, family, free_port, photo_like, timed,  # noqa: E402
-                    wait_for)
+from common import (LeanClient, Server, cpu_seconds, environment, family, free_port, one_image_job,  # noqa: E402
+                    photo_like, timed, wait_for)
 
 from pixmill.batch import run_batch  # noqa: E402
 from pixmill.engine import make_executor  # noqa: E402
@@ -125,10 +125,10 @@ def percentiles(samples: list[float]) -> dict:
     return {"n": len(s), "p50_ms": 1000 * q[49], "p99_ms": 1000 * q[98], "max_ms": 1000 * s[-1]}
 
 
-def one_job(server: Server, image: bytes) -> float:
+def one_job(client: LeanClient, image: bytes) -> float:
     """Seconds from submitting one small job until its result has been fetched."""
     start = time.perf_counter()
-    server.fetch_result(submit(server, [("w3.jpg", image)], pipeline="blur"), timeout=60)
+    one_image_job(client, "w3.jpg", image, "blur", timeout=60)
     return time.perf_counter() - start
 
 
@@ -136,15 +136,16 @@ def warm_latency(server: Server, image: bytes, jobs: int = 200, spaced: int = 20
                  long_gap: float = 4.0, long_spaced: int = 8) -> dict:
     """Latency of one small job: back to back, each after `gap` seconds of idleness, and each after
     `long_gap` seconds (past the pool's warm spell, engine.WARM_SECONDS, when its back-off is at the caps)."""
+    client = LeanClient(server.url)
     for _ in range(10):
-        one_job(server, image)
-    back = [one_job(server, image) for _ in range(jobs)]
+        one_job(client, image)
+    back = [one_job(client, image) for _ in range(jobs)]
     spells = {}
     for name, pause, count in (("after_idle", gap, spaced), ("after_long_idle", long_gap, long_spaced)):
         samples = []
         for _ in range(count):
             time.sleep(pause)
-            samples.append(one_job(server, image))
+            samples.append(one_job(client, image))
         spells[name] = {**percentiles(samples), "idle_seconds": pause}
     return {"back_to_back": percentiles(back), **spells}
 

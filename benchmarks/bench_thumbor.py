@@ -11,7 +11,6 @@ thumbor's images/s.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import LeanClient, Server, free_port, stop_process, wait_for  # noqa: E402
+from common import LeanClient, Server, free_port, one_image_job, stop_process, wait_for  # noqa: E402
 
 VENV = Path(__file__).resolve().parent / ".thumbor-venv"
 
@@ -75,18 +74,7 @@ def _thumbor_one(client: LeanClient, name: str) -> int:
 
 
 def _pixmill_one(client: LeanClient, name: str, data: bytes, pipeline: str) -> int:
-    status, body = client.post_form("/api/v1/jobs", {"pipeline": pipeline}, [("files", name, data)])
-    if status != 202:
-        raise RuntimeError(f"POST /api/v1/jobs answered {status}: {body[:300]!r}")
-    result = json.loads(body)["tasks"][0]["result_url"].split("/", 3)[3]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status, body = client.request("GET", "/" + result, headers={"Prefer": "wait=30"})
-        if status == 200:
-            return len(body)
-        if status != 202:
-            raise RuntimeError(f"result answered {status}: {body[:200]!r}")
-    raise RuntimeError(f"{name} took over 120 s")
+    return len(one_image_job(client, name, data, pipeline))
 
 
 def _drive(one, items: list, clients: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import platform
 import re
@@ -134,18 +135,6 @@ class Server:
             return job if job["ended"] == job["total"] else None
         return wait_for(ended, timeout, f"job {job_id}", 0)
 
-    def fetch_result(self, job_id: str, n: int = 0, timeout: float = 120) -> bytes:
-        """The result of task n, waited for with `Prefer: wait` (RuntimeError if it failed)."""
-        url = self.url + f"api/v1/jobs/{job_id}/tasks/{n}/result"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            answer = self.http.get(url, headers={"Prefer": "wait=30"}, timeout=60)
-            if answer.status_code == 200:
-                return answer.content
-            if answer.status_code != 202:
-                raise RuntimeError(f"result answered {answer.status_code}: {answer.text[:200]}")
-        raise RuntimeError(f"task {n} of job {job_id} took over {timeout} s")
-
 
 class LeanClient:
     """A keep-alive HTTP/1.1 client on http.client, one connection per thread: far less CPU per request
@@ -187,6 +176,22 @@ class LeanClient:
         parts.append(f"--{boundary}--\r\n".encode())
         return self.request("POST", path, b"".join(parts),
                             {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
+
+
+def one_image_job(client: LeanClient, name: str, data: bytes, pipeline: str, timeout: float = 120.0) -> bytes:
+    """POST a one-image job and fetch its result with `Prefer: wait`; the result's bytes."""
+    status, body = client.post_form("/api/v1/jobs", {"pipeline": pipeline}, [("files", name, data)])
+    if status != 202:
+        raise RuntimeError(f"POST /api/v1/jobs answered {status}: {body[:300]!r}")
+    result = "/" + json.loads(body)["tasks"][0]["result_url"].split("/", 3)[3]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = client.request("GET", result, headers={"Prefer": "wait=30"})
+        if status == 200:
+            return body
+        if status != 202:
+            raise RuntimeError(f"result answered {status}: {body[:200]!r}")
+    raise RuntimeError(f"{name} took over {timeout} s")
 
 
 @contextmanager

@@ -25,10 +25,10 @@ from pixmill.errors import ImageTooLarge, InvalidRequest, NotFound, UnsupportedF
 from pixmill.pipeline import parse_pipeline
 from pixmill.process import Output, Result, process
 from pixmill.store import ORPHAN_GRACE, NewTask, Store, TaskState
-from pixmill.web import create_app
 from pixmill.web.jobstart import JobStart
 from pixmill.web.uploads import read_upload
 from test_web_api import assert_error, dispatcher, make_client, path_of, stored_blobs, wait_job
+from test_web_api import app, client, store  # noqa: F401  (the same fixtures, on this file's settings)
 
 REAL = Path(__file__).parent / "data" / "real"
 MB = 1024 * 1024
@@ -47,20 +47,6 @@ def settings(tmp_path: Path) -> Settings:
                     max_file_bytes=1 * MB, max_request_bytes=3 * MB, lease_seconds=30, max_attempts=3)
 
 
-@pytest.fixture
-def store(settings: Settings):
-    with Store.open(settings) as store:
-        yield store
-
-
-@pytest.fixture
-def app(settings: Settings, store: Store):
-    return create_app(settings, store, sse_poll=0.05, sse_max_seconds=20)
-
-
-@pytest.fixture
-def client(app):
-    return make_client(app)
 
 
 # ---- helpers

@@ -18,13 +18,13 @@ from typing import Iterator
 
 import pytest
 
-from pixmill.config import Settings
 from pixmill.pipeline import parse_pipeline
 from pixmill.process import Output, process
 from pixmill.store import Store
 from pixmill.web import create_app
 from pixmill.web.waiting import MAX_WAIT, requested_wait
 from test_web_api import assert_error, dispatcher, files, make_client, path_of, post_job
+from test_web_api import app, client, settings, store  # noqa: F401  (the same fixtures)
 
 REAL = Path(__file__).parent / "data" / "real"
 MB = 1024 * 1024
@@ -33,28 +33,6 @@ JOB = "/api/v1/jobs/{}"
 ENDED_TASK = ("done", "failed", "cancelled")
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="local", workers=1, max_files=4,
-                    max_file_bytes=1 * MB, max_request_bytes=3 * MB)
-
-
-@pytest.fixture
-def store(settings: Settings):
-    with Store.open(settings) as store:
-        yield store
-
-
-@pytest.fixture
-def app(settings: Settings, store: Store):
-    return create_app(settings, store, sse_poll=0.05, sse_max_seconds=20)
-
-
-@pytest.fixture
-def client(app):
-    return make_client(app)
 
 
 @pytest.fixture

@@ -213,7 +213,10 @@ def create_job():
 @bp.output(JobOut)
 @bp.doc(summary="A job's state, counts and tasks", responses={401: ERRORS[401], 404: ERRORS[404]})
 def get_job(job_id: str):
-    """The job's state and counts, and per task its state, error, result URL, size and timings."""
+    """The job's state and counts, and per task its state, error, result URL, size and timings.
+
+    With the header `Prefer: wait=N` (N up to 30) the answer waits until the job has ended, or N
+    seconds; it then carries `Preference-Applied: wait=N`."""
     store, owner = services().store, current_owner()
     job = store.get_job(job_id, owner=owner)
     waited = 0.0
@@ -262,7 +265,10 @@ def job_events(job_id: str):
                    304: "Not modified (If-None-Match)", 401: ERRORS[401], 404: ERRORS[404],
                    422: "The image failed: the reason is in 'message'"})
 def get_result(job_id: str, n: int, query: dict):
-    """The processed image."""
+    """The processed image.
+
+    With the header `Prefer: wait=N` (N up to 30) an image that is not ready yet is waited for, up to
+    N seconds, so one request fetches it; the answer then carries `Preference-Applied: wait=N`."""
     return result_response(job_id, n, bool(query.get("download")))
 
 
