@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["DbWatch", "CommitSignal", "signal_path"]
+__all__ = ["DbWatch", "CommitSignal", "Doorbell", "signal_path"]
 
 _IN_MODIFY, _IN_CREATE = 0x2, 0x100
 _EVENT = struct.Struct("iIII")   # wd, mask, cookie, len; then len bytes of name
@@ -97,16 +97,17 @@ class DbWatch:
                 return seen
             seen = self._names_signal(events) or seen
 
-    def wait(self, seconds: float) -> bool:
-        """Block until a commit is signalled or for `seconds`; return whether one was."""
-        if self.fd < 0:
-            select.select([], [], [], seconds)
-            return False
+    def wait(self, seconds: float, *, bell: Doorbell | None = None) -> bool:
+        """Block until a commit is signalled, the bell rings, or for `seconds`; return whether either happened."""
+        fds = ([self.fd] if self.fd >= 0 else []) + ([bell.fd] if bell is not None else [])
         deadline = time.monotonic() + seconds
         while True:  # writes to other files of the folder (the WAL, blobs' temp files) do not end the wait
-            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 return False
+            if bell is not None and bell.fd in ready:
+                bell.clear()
+                return True
             if self.changed():
                 return True
 
@@ -125,3 +126,35 @@ class DbWatch:
                 return True
             offset += _EVENT.size + length
         return False
+
+
+class Doorbell:
+    """A self-pipe: ring() from any thread (a future's done-callback, say) ends a DbWatch.wait(bell=...)."""
+
+    def __init__(self) -> None:
+        self.fd, self._write = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write, False)
+
+    def ring(self, *_: object) -> None:
+        """Wake the waiter (many rings before it wakes count as one)."""
+        try:
+            os.write(self._write, b"!")
+        except (BlockingIOError, OSError):  # full: a wake is pending anyway; closed: no one waits
+            pass
+
+    def clear(self) -> None:
+        """Forget the rings so far."""
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        """Close both ends."""
+        for fd in (self.fd, self._write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
