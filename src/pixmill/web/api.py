@@ -14,8 +14,8 @@ from ..ops import catalogue
 from ..store import JobView, TaskView
 from .archive import pipeline_slug, stream_archive
 from .events import ENDED_JOB
-from .jobstart import JobStart
 from .events import job_events as event_stream
+from .jobstart import JobStart
 from .present import job_json
 from .schemas import DownloadQuery, JobOut, OperationOut
 from .security import authenticate, current_owner, download_name
