@@ -61,3 +61,13 @@ def params_strategy(op: Operation, *, cap: int | None = None) -> st.SearchStrate
 def op_params() -> Callable[..., st.SearchStrategy]:
     """params_strategy(op, cap=None): a hypothesis strategy for an operation's parameters."""
     return params_strategy
+
+
+@pytest.fixture(scope="session")
+def schemathesis_config():
+    """schemathesis' settings for pixmill: a request over a limit (too many files, too large) is
+    refused with 413, which its negative_data_rejection check does not expect by default."""
+    from schemathesis.config import SchemathesisConfig
+
+    statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
+    return SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": statuses}}})

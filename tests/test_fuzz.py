@@ -129,7 +129,7 @@ JOB_OPERATIONS = [("GET", "/api/v1/jobs/{job_id}"), ("GET", "/api/v1/jobs/{job_i
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, schemathesis_config):
     """An app with one finished job (a done task and a failed one) and one still queued."""
     config = Settings(data_dir=tmp_path_factory.mktemp("fuzz") / "data", engine="local", workers=1,
                       max_files=3, max_file_bytes=1 << 20, max_request_bytes=4 << 20)
@@ -145,7 +145,8 @@ def live(tmp_path_factory):
         upload["files"] = [(io.BytesIO((REAL / "pil_hopper.bmp").read_bytes()), "queued.bmp")]
         queued = client.post("/api/v1/jobs", data=upload, content_type="multipart/form-data").get_json()["id"]
         store.register_dispatcher("fuzz", host="test", pid=1, pid_started=None, engine="local", workers=1)
-        yield schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app), {"done": done, "queued": queued}
+        yield (schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app, config=schemathesis_config),
+               {"done": done, "queued": queued})
 
 
 @pytest.mark.parametrize("method, path", JOB_OPERATIONS, ids=[f"{m} {p}" for m, p in JOB_OPERATIONS])
@@ -185,10 +186,10 @@ SERVED = ["GET /api/v1/operations", "POST /api/v1/jobs", "GET /api/v1/jobs/{job_
 
 
 @pytest.mark.slow
-def test_a_real_server_answers_every_generated_request_within_its_schema(tmp_path):
+def test_a_real_server_answers_every_generated_request_within_its_schema(tmp_path, schemathesis_config):
     env = {"PIXMILL_MAX_FILES": "3", "PIXMILL_MAX_FILE_BYTES": str(1 << 20), "PIXMILL_MAX_REQUEST_BYTES": str(4 << 20)}
     with running_server(tmp_path / "serve", engine="local", workers=1, env=env) as server:
-        schema = schemathesis.openapi.from_url(server.url + "api/v1/openapi.json")
+        schema = schemathesis.openapi.from_url(server.url + "api/v1/openapi.json", config=schemathesis_config)
         for name in SERVED:
             method, path = name.split(" ")
             operation = schema[path][method]

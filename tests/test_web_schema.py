@@ -33,7 +33,7 @@ TOKEN = "schema-test-token"
 
 
 @pytest.fixture(params=["open", "tokens"])
-def api_schema(request, tmp_path: Path):
+def api_schema(request, tmp_path: Path, schemathesis_config):
     tokens = (TOKEN,) if request.param == "tokens" else ()
     config = Settings(data_dir=tmp_path / "data", max_files=3, max_file_bytes=MB, max_request_bytes=4 * MB,
                       api_tokens=tokens)
@@ -41,7 +41,7 @@ def api_schema(request, tmp_path: Path):
         app = create_app(config, store, sse_poll=0.01, sse_max_seconds=2)
         # a live dispatcher's heartbeat, so /healthz answers 200 (its 503 is covered in test_web_api)
         store.register_dispatcher("schema-test", host="test", pid=1, pid_started=None, engine="local", workers=1)
-        yield schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+        yield schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app, config=schemathesis_config)
 
 
 def test_the_list_covers_every_documented_operation(api_schema):

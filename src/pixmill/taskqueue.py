@@ -92,8 +92,8 @@ class TaskQueue:
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
-            db.execute(f"UPDATE tasks SET state = 'running', attempts = attempts + 1, claims = claims + 1, started_at = ?, "
-                       f"lease_owner = ?, lease_expires = ? WHERE id IN ({marks})",
+            db.execute(f"UPDATE tasks SET state = 'running', attempts = attempts + 1, claims = claims + 1, "
+                       f"started_at = ?, lease_owner = ?, lease_expires = ? WHERE id IN ({marks})",
                        (now, dispatcher_id, now + self.settings.lease_seconds, *ids))
             rows = db.execute(f"SELECT t.*, j.output FROM tasks t JOIN jobs j ON j.id = t.job_id "
                               f"WHERE t.id IN ({marks}) ORDER BY t.id", ids).fetchall()

@@ -14,7 +14,6 @@ preference applied.
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -25,8 +24,6 @@ from typing import Callable, Mapping
 from ..dbwatch import DbWatch
 
 __all__ = ["MAX_WAIT", "requested_wait", "Waits"]
-
-log = logging.getLogger("pixmill.web.waiting")
 
 MAX_WAIT = 30.0        # seconds: the longest wait a client may ask for
 TICK = 1.0             # without a signal, look anyway this often (a writer that does not signal, no inotify)
