@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import multiprocessing
@@ -20,11 +21,13 @@ ENGINES = ("mpi", "local")
 # set what an idle pool costs, and how late a task that arrives after a quiet spell is noticed
 # (about twice a worker's cap: a no-op round trip took 19 ms with a 10 ms cap, 41 ms with 20 ms).
 # So the back-off stops growing at FAST_BACKOFF for FAST_SECONDS after each hand-off (no-op 2-3 ms,
-# a 512×512 blur 5-8 ms, back to back), then at WARM_BACKOFF for WARM_SECONDS more (a task a second
-# after the last one: no-op 5-6 ms), and only then grows to the caps.  A submit wakes the manager
-# at once (quick_backoff_after_handoff), so its cap only bounds how late the result of a task
-# longer than the spells is seen.  Idle dispatcher with 3 workers (tests/test_jobs_mpi.py): with
-# caps 5 ms / 10 ms and no warm spell 4.2-4.6% of a core; with 20 ms / 20 ms and the spells 2.9-3.8%.
+# a 512×512 blur 5-8 ms, back to back), then, in a worker, at WARM_BACKOFF for WARM_SECONDS more (a
+# task a second after the last one: no-op 5-6 ms), and only then grows to the caps.  A submit wakes
+# the manager at once (quick_backoff_after_handoff), so its cap only bounds how late the result of a
+# task longer than the spells is seen, and the worker that finished last takes the next task.  Idle
+# dispatcher with 3 workers (tests/test_jobs_mpi.py): with caps 5 ms / 10 ms and no warm spell
+# 4.2-4.6% of a core; with 20 ms / 20 ms and the spells 2.9-3.8%.  The first 5 s after a burst
+# (tests/test_engine.py) cost more: 6.4% of a core when the manager had a warm spell too.
 MANAGER_BACKOFF = os.environ.get("PIXMILL_MANAGER_BACKOFF", "0.02")
 WORKER_BACKOFF = os.environ.get("PIXMILL_WORKER_BACKOFF", "0.02")
 FAST_BACKOFF = float(os.environ.get("PIXMILL_FAST_BACKOFF", "0.0005"))
@@ -68,9 +71,9 @@ def keep_freed_memory(limit: int) -> bool:
 
 def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_SECONDS, *,
                                 wake_on_submit: bool = False) -> bool:
-    """Cap mpi4py.futures' polling back-off at `fast` s for `hold` s after each hand-off, then at WARM_BACKOFF
-    for WARM_SECONDS more; with wake_on_submit (in the pool's own process) a submit also ends the manager's
-    sleep at once. False if not possible."""
+    """Cap mpi4py.futures' polling back-off at `fast` s for `hold` s after each hand-off, then (in workers)
+    at WARM_BACKOFF for WARM_SECONDS more. With wake_on_submit, in the pool's own process, a submit ends
+    the manager's sleep at once and the worker that finished last takes the next task. False if not possible."""
     core = sys.modules.get("mpi4py.futures._core")
     backoff, pool = getattr(core, "Backoff", None), getattr(core, "Pool", None)
     if backoff is None or not callable(getattr(backoff, "sleep", None)) or not callable(getattr(pool, "push", None)):
@@ -82,11 +85,12 @@ def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_S
     gate = threading.Lock()
     gate.acquire()
     pause = gate.acquire if wake_on_submit else None
+    warm = 0.0 if wake_on_submit else WARM_SECONDS  # a submit wakes the manager: it needs no warm spell
 
     def sleep(self) -> None:  # mpi4py's own, plus the caps while a hand-off is recent
         if self.tval == 0.0:  # reset() at a hand-off sets tval to 0
             self.quick_until = time.monotonic() + hold
-            self.warm_until = self.quick_until + WARM_SECONDS
+            self.warm_until = self.quick_until + warm
         if pause is None or self.tval == 0.0:
             time.sleep(self.tval)
         else:
@@ -110,6 +114,12 @@ def quick_backoff_after_handoff(fast: float = FAST_BACKOFF, hold: float = FAST_S
     backoff.sleep, backoff.pixmill_patched = sleep, True
     if wake_on_submit:
         pool.push = push_and_wake
+        # mpi4py hands a task to the worker that has waited longest (a FIFO); the one that finished
+        # last is still in its fast or warm spell, so a job now and then goes to it, and the others
+        # stay cold and cheap.  Busy pools are unaffected: every worker gets the next task it can.
+        workers = getattr(core, "WorkerSet", None)
+        if workers is not None and issubclass(workers, collections.deque):
+            workers.pop = collections.deque.pop
     return True
 
 
