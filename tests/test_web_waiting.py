@@ -366,14 +366,20 @@ def test_an_event_stream_with_a_long_poll_sees_the_end_soon_after_the_job_ends(s
     assert free_slots(app) == settings.threads // 2
 
 
-def test_an_event_stream_with_a_long_poll_says_gone_soon_after_a_delete(store, settings, pool):
-    app = create_app(settings, store, sse_poll=5, sse_max_seconds=30)
-    client = make_client(app)
+def slow_stream(store, settings):
+    """A new job and its event stream on an app that polls every 5 s: (job, response, chunks after
+    the first progress event)."""
+    client = make_client(create_app(settings, store, sse_poll=5, sse_max_seconds=30))
     job = new_job(client)
     response = client.get(f"/api/v1/jobs/{job['id']}/events", buffered=False)
+    chunks = iter(response.response)
+    assert next(chunks).startswith(b"retry:") and next(chunks).startswith(b"event: progress")
+    return job, response, chunks
+
+
+def test_an_event_stream_with_a_long_poll_says_gone_soon_after_a_delete(store, settings, pool):
+    job, response, chunks = slow_stream(store, settings)
     try:
-        chunks = iter(response.response)
-        assert next(chunks).startswith(b"retry:") and next(chunks).startswith(b"event: progress")
         deleted = time.monotonic()
         later = pool.submit(lambda: (time.sleep(0.2), store.delete_job(job["id"])))
         gone = next(chunks)                                    # sleeps in the stream until the delete
@@ -391,13 +397,8 @@ def test_an_event_stream_sees_a_commit_made_between_its_looks(store, settings):
     The stream is a generator: between two events it is suspended while the server writes the
     last one out, and it only starts waiting when it is resumed. Here the job is cancelled in that
     gap, and the stream must report it at once rather than after its 5 s sse_poll."""
-    app = create_app(settings, store, sse_poll=5, sse_max_seconds=30)
-    client = make_client(app)
-    job = new_job(client)
-    response = client.get(f"/api/v1/jobs/{job['id']}/events", buffered=False)
+    job, response, chunks = slow_stream(store, settings)
     try:
-        chunks = iter(response.response)
-        assert next(chunks).startswith(b"retry:") and next(chunks).startswith(b"event: progress")
         store.cancel_job(job["id"])                           # while the stream is between its looks
         started = time.monotonic()
         progress = next(chunks)
