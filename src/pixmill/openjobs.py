@@ -24,6 +24,7 @@ from .blobs import BlobFolder
 from .errors import InvalidRequest, NotFound
 from .jobs import JobView, NewTask
 from .process import Output
+from .schema import select_in
 
 __all__ = ["OpenJobs", "insert_tasks"]
 
@@ -80,10 +81,7 @@ class OpenJobs:
 def insert_tasks(db: sqlite3.Connection, job_id: str, tasks: list[NewTask], start: int) -> None:
     """Insert queued tasks numbered from start, after checking that their input blobs are stored."""
     keys = [t.blob for t in tasks]
-    known: set[str] = set()
-    for i in range(0, len(keys), 500):  # stay under SQLite's limit on bound parameters
-        part = keys[i:i + 500]
-        known |= {r[0] for r in db.execute(f"SELECT key FROM blobs WHERE key IN ({','.join('?' * len(part))})", part)}
+    known = {r[0] for r in select_in(db, "SELECT key FROM blobs WHERE key IN ({})", keys)}
     missing = [k for k in keys if k not in known]
     if missing:
         raise InvalidRequest(f"blob {missing[0]} is not in the store")

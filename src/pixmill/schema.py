@@ -6,7 +6,7 @@ import sqlite3
 
 from .errors import PixmillError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version", "select_in"]
 
 # Migration i (0-based) takes the database from version i to version i + 1. Never edit one that
 # has shipped: append a new one instead.
@@ -133,3 +133,12 @@ def _statements(script: str) -> list[str]:
     if current.strip():
         statements.append(current.strip())
     return statements
+
+
+def select_in(db: sqlite3.Connection, sql: str, values: list) -> list[sqlite3.Row]:
+    """Run sql, whose `{}` stands for an IN list, over values in parts under SQLite's limit on bound parameters."""
+    rows: list[sqlite3.Row] = []
+    for i in range(0, len(values), 500):
+        part = values[i:i + 500]
+        rows.extend(db.execute(sql.format(",".join("?" * len(part))), part).fetchall())
+    return rows

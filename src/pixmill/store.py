@@ -25,7 +25,7 @@ from .errors import InvalidRequest, NotFound, StorageFull
 from .jobs import JobView, NewTask, TaskState, TaskView, job_view
 from .openjobs import OpenJobs, insert_tasks
 from .process import Output
-from .schema import migrate
+from .schema import migrate, select_in
 from .taskqueue import TaskQueue
 
 __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store"]
@@ -200,7 +200,7 @@ class Store(TaskQueue, OpenJobs):
                 "SELECT key FROM blobs WHERE created_at < ? AND NOT EXISTS "
                 "(SELECT 1 FROM tasks WHERE input_blob = blobs.key OR result_blob = blobs.key)",
                 (now - ORPHAN_GRACE,))]
-            _select_in(db, "DELETE FROM blobs WHERE key IN ({})", orphans)
+            select_in(db, "DELETE FROM blobs WHERE key IN ({})", orphans)
         self.blobs.delete(keys + orphans + self._unknown_files())
         self.blobs.sweep_temp(ORPHAN_GRACE)
         return len(ids)
@@ -276,18 +276,18 @@ class Store(TaskQueue, OpenJobs):
 
     def _delete_jobs(self, db: sqlite3.Connection, ids: list[str]) -> list[str]:
         keys: list[str] = []
-        for row in _select_in(db, "SELECT input_blob, result_blob FROM tasks WHERE job_id IN ({})", ids):
+        for row in select_in(db, "SELECT input_blob, result_blob FROM tasks WHERE job_id IN ({})", ids):
             keys.extend(k for k in row if k)
-        _select_in(db, "DELETE FROM tasks WHERE job_id IN ({})", ids)
-        _select_in(db, "DELETE FROM jobs WHERE id IN ({})", ids)
-        _select_in(db, "DELETE FROM blobs WHERE key IN ({})", keys)
+        select_in(db, "DELETE FROM tasks WHERE job_id IN ({})", ids)
+        select_in(db, "DELETE FROM jobs WHERE id IN ({})", ids)
+        select_in(db, "DELETE FROM blobs WHERE key IN ({})", keys)
         return keys
 
     def _unknown_files(self) -> list[str]:
         # A process killed after a blob's rename but before its transaction committed leaves a
         # file no row knows of. Listed first, then looked up: a file committed meanwhile is kept.
         files = self.blobs.keys_older_than(ORPHAN_GRACE)
-        known = {r[0] for r in _select_in(self._db(), "SELECT key FROM blobs WHERE key IN ({})", files)}
+        known = {r[0] for r in select_in(self._db(), "SELECT key FROM blobs WHERE key IN ({})", files)}
         return [k for k in files if k not in known]
 
     def _blob_known(self, key: str) -> bool:
@@ -298,10 +298,3 @@ class Store(TaskQueue, OpenJobs):
         return StorageFull(f"the storage quota is full ({human_size(used)} of {human_size(quota)} used); "
                            "new jobs are refused until old ones expire or are deleted")
 
-
-def _select_in(db: sqlite3.Connection, sql: str, values: list) -> list[sqlite3.Row]:
-    rows: list[sqlite3.Row] = []
-    for i in range(0, len(values), 500):  # stay under SQLite's limit on bound parameters
-        part = values[i:i + 500]
-        rows.extend(db.execute(sql.format(",".join("?" * len(part))), part).fetchall())
-    return rows

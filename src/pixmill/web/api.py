@@ -131,10 +131,9 @@ def _long_poll(check: Callable[[], bool]) -> float:
         svc.event_slots.release()
 
 
-def _applied(response: Response, seconds: float) -> Response:
-    if seconds:
-        response.headers["Preference-Applied"] = f"wait={seconds:g}"
-    return response
+def _applied(seconds: float) -> dict[str, str]:
+    """The headers that say a wait was applied (none if it was not)."""
+    return {"Preference-Applied": f"wait={seconds:g}"} if seconds else {}
 
 
 def _state(task: TaskView) -> str:
@@ -152,7 +151,9 @@ def result_response(job_id: str, n: int, download: bool = False) -> Response:
         waited = _long_poll(lambda: store.unfinished(job_id, n=n, owner=owner) == 0)
         if waited:
             _, task = _task(job_id, n)
-    return _applied(_task_response(job_id, task, download), waited)
+    response = _task_response(job_id, task, download)
+    response.headers.update(_applied(waited))
+    return response
 
 
 def _task_response(job_id: str, task: TaskView, download: bool) -> Response:
@@ -224,7 +225,7 @@ def get_job(job_id: str):
         waited = _long_poll(lambda: store.unfinished(job_id, owner=owner) == 0)
         if waited:
             job = store.get_job(job_id, owner=owner)
-    return job_json(job), 200, ({"Preference-Applied": f"wait={waited:g}"} if waited else {})
+    return job_json(job), 200, _applied(waited)
 
 
 @bp.get("/jobs/<job_id>/events")
@@ -241,12 +242,13 @@ def job_events(job_id: str):
     svc.store.get_job(job_id, owner=owner)          # 404 now rather than inside the stream
     if not svc.event_slots.acquire(blocking=False):
         raise ServerBusy(f"too many event streams are open; poll GET /api/v1/jobs/{job_id} instead")
-    seen = [svc.waits.mark()]  # the commits counted before the stream's next look at the job
+    seen = svc.waits.mark()  # the commits counted before the stream's next look at the job
 
     def pause(seconds: float) -> None:  # until a commit after that look (or seconds), at most every MIN_GAP
-        svc.waits.next_commit(seconds, since=seen[0])
+        nonlocal seen
+        svc.waits.next_commit(seconds, since=seen)
         time.sleep(min(SSE_MIN_GAP, seconds))
-        seen[0] = svc.waits.mark()
+        seen = svc.waits.mark()
     stream = event_stream(svc.store, job_id, owner, job_json, poll=svc.sse_poll, max_seconds=svc.sse_max_seconds,
                           sleep=pause)
     response = Response(_Slot(stream_with_context(stream), svc.event_slots.release), mimetype="text/event-stream")

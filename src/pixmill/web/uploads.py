@@ -80,6 +80,7 @@ class _Reader:
         self.received = 0
         self.files: list[tuple[str, str, str]] = []         # (name, blob, format)
         self.fields: dict[str, list[str]] = {}
+        self._shared: Pipeline | None = None                 # the parsed `pipeline` field
         self._pipelines: dict[int, Pipeline] = {}            # parsed `operations`, by file number
 
     def run(self) -> None:
@@ -191,16 +192,13 @@ class _Reader:
     def _tasks(self, count: int) -> list[NewTask]:
         """The first count files as tasks, each with its pipeline (parsed once)."""
         pipelines, operations = self.fields.get("pipeline", []), self.fields.get("operations", [])
-        if pipelines and -1 not in self._pipelines:
-            self._pipelines[-1] = _parse("pipeline", pipelines[0])
+        if pipelines and self._shared is None:
+            self._shared = _parse("pipeline", pipelines[0])
         tasks = []
         for n, (name, blob, fmt) in enumerate(self.files[:count]):
-            if pipelines:
-                pipeline = self._pipelines[-1]
-            else:
-                if n not in self._pipelines:
-                    self._pipelines[n] = _parse(name, operations[n])
-                pipeline = self._pipelines[n]
+            if not pipelines and n not in self._pipelines:
+                self._pipelines[n] = _parse(name, operations[n])
+            pipeline = self._shared if pipelines else self._pipelines[n]
             tasks.append(NewTask(name=name, pipeline=pipeline, blob=blob, source_format=fmt))
         return tasks
 
