@@ -647,3 +647,36 @@ def test_six_files_with_the_pipeline_first_give_what_process_gives(app, client, 
         assert result.status_code == 200 and result.mimetype == expected.media_type
         assert result.data == expected.data, name
         assert (task["width"], task["height"]) == (expected.width, expected.height)
+
+
+def test_a_body_read_whole_records_its_job_in_one_transaction(client, store, monkeypatch):
+    """Once every byte of the body has been read, nothing starts early: a one-file POST (the usual API
+    call) records its job in one transaction, not in an open, an add and a seal."""
+    opened: list[str] = []
+    real_open = Store.open_job
+    monkeypatch.setattr(Store, "open_job", lambda self, *a, **kw: opened.append(real_open(self, *a, **kw))
+                        or opened[-1])
+    data, _ = encode([field("pipeline", "grayscale"), image("sk_coins.png")])
+    response = client.post("/api/v1/jobs", data=data, content_type=CONTENT_TYPE)
+    assert response.status_code == 202, response.get_json()
+    assert opened == [] and open_job_ids(store) == []
+    job = store.get_job(response.get_json()["id"])
+    assert [(t.name, t.pipeline, t.state) for t in job.tasks] == [("sk_coins.png", "grayscale", TaskState.QUEUED)]
+
+
+def test_read_upload_with_its_length_starts_only_the_files_read_before_the_end(store, settings, uploads):
+    """With the body's length known, files read while more of it is to come start at once; those found
+    after its last byte was read wait for the end (nothing would start sooner)."""
+    parts = [field("pipeline", "grayscale"), image("pil_hopper.bmp"), image("sk_coins.png")]
+    body = uploads.body(parts, stop_before=[2])
+    start = JobStart(store)
+    call = uploads.run(lambda: read_upload(body, CONTENT_TYPE, settings, store, job=start, length=len(body.data)))
+    body.wait_paused(0)
+    [claim] = store.claim("fake", 10, busy=False)             # the first file: more was to come
+    assert claim.name == "pil_hopper.bmp"
+    body.open(0)
+    upload = call.result(timeout=20)
+    assert start.started == 1                                   # the second file came with the body's end
+    job = start.finish(upload.tasks, upload.output)
+    assert [(t.name, t.state) for t in job.tasks] == [("pil_hopper.bmp", TaskState.RUNNING),
+                                                       ("sk_coins.png", TaskState.QUEUED)]

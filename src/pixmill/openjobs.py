@@ -3,10 +3,12 @@
 An upload of 40 images took the web process 0.3 s to read and store before the job existed, and
 no worker had anything to do during that time.  When the form gives the pipeline (or each file's
 operation) before the files, the web opens the job at the first file and adds each task as its
-file is stored; dispatchers claim them at once.  An open job is invisible (get_job and the rest
-answer NotFound) until it is sealed, when the upload has been accepted.  A refused upload
-discards its open job, results and all; an upload whose process died leaves an open job that
-purge_expired deletes after the orphan grace period.  If a `format` or `quality` field comes
+file is stored, while more of the body is to come; dispatchers claim them at once.  Files read
+after the body's last byte wait for the seal, so a one-file upload is recorded in one
+transaction.  An open job is invisible (get_job and the rest answer NotFound) until it is
+sealed, when the upload has been accepted.  A refused upload discards its open job, results and
+all; an upload whose process died leaves an open job that purge_expired deletes after the orphan
+grace period.  If a `format` or `quality` field comes
 after files whose tasks already ran, sealing puts those tasks back in the queue.
 """
 

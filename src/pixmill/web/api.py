@@ -99,7 +99,8 @@ def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
         raise ImageTooLarge(f"the request is {human_bytes(request.content_length)}, over the "
                             f"{human_bytes(limit)} per-request limit")
     start = JobStart(svc.store, owner=current_owner())
-    upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict, job=start)
+    upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict, job=start,
+                         length=request.content_length)
     try:
         job = start.finish(upload.tasks, upload.output)
     except BaseException:

@@ -50,10 +50,12 @@ def human_bytes(n: int) -> str:
 
 
 def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, store: Store, *,
-                strict: bool = True, job: JobStart | None = None) -> Upload:
+                strict: bool = True, job: JobStart | None = None, length: int | None = None) -> Upload:
     """Stream a multipart body into the blob store and validate it; on any refusal delete what was written.
 
-    With job, tasks are handed to it as soon as their file and pipeline are known (see openjobs)."""
+    With job, tasks are handed to it as soon as their file and pipeline are known (see openjobs),
+    while the body (of length bytes, if known) has more to come: once all of it has been read, the
+    tasks left wait for the end, so that a one-file upload makes its job in one transaction."""
     mimetype, options = parse_options_header(content_type or "")
     boundary = options.get("boundary", "")
     if mimetype != "multipart/form-data" or not boundary:
@@ -61,7 +63,7 @@ def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, 
                              "'operations' (one per file) or one 'pipeline'")
     upload = Upload(tasks=[], output=Output())
     try:
-        _Reader(stream, boundary.encode(), settings, store, upload, strict, job).run()
+        _Reader(stream, boundary.encode(), settings, store, upload, strict, job, length).run()
     except BaseException:
         if job is not None:
             job.abandon()
@@ -74,9 +76,9 @@ class _Reader:
     """One pass over the multipart events of one request."""
 
     def __init__(self, stream: BinaryIO, boundary: bytes, settings: Settings, store: Store,
-                 upload: Upload, strict: bool, job: JobStart | None) -> None:
+                 upload: Upload, strict: bool, job: JobStart | None, length: int | None) -> None:
         self.stream, self.settings, self.store, self.upload, self.strict = stream, settings, store, upload, strict
-        self.boundary, self.job = boundary, job
+        self.boundary, self.job, self.length = boundary, job, length
         self.received = 0
         self.files: list[tuple[str, str, str]] = []         # (name, blob, format)
         self.fields: dict[str, list[str]] = {}
@@ -156,8 +158,8 @@ class _Reader:
 
     def _offer(self) -> None:
         """Hand the job the tasks whose file and pipeline are both known, if the form is sound so far."""
-        if self.job is None:
-            return
+        if self.job is None or (self.length is not None and self.received >= self.length):
+            return  # the whole body is in: what is left of it is parsed at once, and finish() records the rest
         pipelines, operations = self.fields.get("pipeline", []), self.fields.get("operations", [])
         if len(pipelines) > 1 or (pipelines and operations) or (not pipelines and not operations):
             return  # nothing to run yet, or _finish will refuse the form
