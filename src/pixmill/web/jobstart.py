@@ -1,8 +1,9 @@
 """The job of one upload: opened at its first file that can run, sealed when the upload is accepted.
 
 When the form gives the pipeline (or each file's operation) before the files, each task is handed
-to the store as soon as its file is stored, so dispatchers start on it while the rest of the upload
-is read (see pixmill.openjobs).  Otherwise the job is created, whole, at the end, as before.
+to the store as soon as its file is stored while more of the body is to come, so dispatchers start
+on it while the rest of the upload is read (see pixmill.openjobs).  Otherwise the job is created,
+whole, at the end, as before.
 """
 
 from __future__ import annotations
