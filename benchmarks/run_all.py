@@ -135,6 +135,9 @@ def lines(r: dict) -> list[str]:
                        f"{t['pixmill_images_per_s']:.1f} images/s, pixmill/thumbor {t['ratio']:.2f}; exact "
                        f"`{t['exact_pipeline']}` {t['pixmill_exact_images_per_s']:.1f} images/s, "
                        f"{t['exact_ratio']:.2f} ({t['clients']} clients, {t['images']} images)")
+            out.append(f"thumbor, apart from the target: each of the {t['clients']} clients sends its "
+                       f"{t['batched_job_images']} images as one pixmill job: {t['pixmill_batched_images_per_s']:.1f} "
+                       f"images/s, pixmill/thumbor {t['batched_ratio']:.2f}")
     if "memory" in r:
         m = r["memory"]
         out.append(f"web RSS after {m['first']} small jobs {m['rss_after_first_mb']:.1f} MB, after {m['jobs']} "
