@@ -13,14 +13,13 @@ with `Prefer: wait`, then fetching every result.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import json
 
 import cv2
 import numpy as np
@@ -89,8 +88,10 @@ def _pixmill_batch(client: LeanClient, names: list[str], files: dict[str, bytes]
     job_id, deadline = json.loads(body)["id"], time.monotonic() + 120
     while True:
         status, body = client.request("GET", f"/api/v1/jobs/{job_id}", headers={"Prefer": "wait=30"})
+        if status != 200:
+            raise RuntimeError(f"GET of job {job_id} answered {status}: {body[:300]!r}")
         job = json.loads(body)
-        if status != 200 or job["ended"] == job["total"]:
+        if job["ended"] == job["total"]:
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"job {job_id} took over 120 s")

@@ -8,8 +8,8 @@ after the body's last byte wait for the seal, so a one-file upload is recorded i
 transaction.  An open job is invisible (get_job and the rest answer NotFound) until it is
 sealed, when the upload has been accepted.  A refused upload discards its open job, results and
 all; an upload whose process died leaves an open job that purge_expired deletes after the orphan
-grace period.  If a `format` or `quality` field comes
-after files whose tasks already ran, sealing puts those tasks back in the queue.
+grace period.  If a `format` or `quality` field comes after files whose tasks already ran,
+sealing puts those tasks back in the queue.
 """
 
 from __future__ import annotations
