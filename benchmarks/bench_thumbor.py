@@ -26,7 +26,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import LeanClient, Server, free_port, one_image_job, stop_process, wait_for  # noqa: E402
+from common import LeanClient, Server, free_port, one_image_job, stop_process, url_path, wait_for  # noqa: E402
 
 VENV = Path(__file__).resolve().parent / ".thumbor-venv"
 
@@ -85,19 +85,9 @@ def _pixmill_batch(client: LeanClient, names: list[str], files: dict[str, bytes]
     status, body = client.post_form("/api/v1/jobs", {"pipeline": pipeline}, [("files", n, files[n]) for n in names])
     if status != 202:
         raise RuntimeError(f"POST /api/v1/jobs answered {status}: {body[:300]!r}")
-    job_id, deadline = json.loads(body)["id"], time.monotonic() + 120
-    while True:
-        status, body = client.request("GET", f"/api/v1/jobs/{job_id}", headers={"Prefer": "wait=30"})
-        if status != 200:
-            raise RuntimeError(f"GET of job {job_id} answered {status}: {body[:300]!r}")
-        job = json.loads(body)
-        if job["ended"] == job["total"]:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job_id} took over 120 s")
     size = 0
-    for task in job["tasks"]:
-        status, data = client.request("GET", "/" + task["result_url"].split("/", 3)[3])
+    for task in client.wait_job(json.loads(body)["id"])["tasks"]:
+        status, data = client.request("GET", url_path(task["result_url"]))
         if status != 200:
             raise RuntimeError(f"{task['name']}: the result answered {status}: {data[:200]!r}")
         size += len(data)

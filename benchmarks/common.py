@@ -177,13 +177,30 @@ class LeanClient:
         return self.request("POST", path, b"".join(parts),
                             {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
 
+    def wait_job(self, job_id: str, timeout: float = 120.0) -> dict:
+        """Wait until every task of the job has ended (long polls with `Prefer: wait`); return its JSON."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.request("GET", f"/api/v1/jobs/{job_id}", headers={"Prefer": "wait=30"})
+            if status != 200:
+                raise RuntimeError(f"GET of job {job_id} answered {status}: {body[:300]!r}")
+            job = json.loads(body)
+            if job["ended"] == job["total"]:
+                return job
+        raise RuntimeError(f"job {job_id} took over {timeout} s")
+
+
+def url_path(url: str) -> str:
+    """The path of an absolute URL the server gave (its result URLs), for a LeanClient request."""
+    return "/" + url.split("/", 3)[3]
+
 
 def one_image_job(client: LeanClient, name: str, data: bytes, pipeline: str, timeout: float = 120.0) -> bytes:
     """POST a one-image job and fetch its result with `Prefer: wait`; the result's bytes."""
     status, body = client.post_form("/api/v1/jobs", {"pipeline": pipeline}, [("files", name, data)])
     if status != 202:
         raise RuntimeError(f"POST /api/v1/jobs answered {status}: {body[:300]!r}")
-    result = "/" + json.loads(body)["tasks"][0]["result_url"].split("/", 3)[3]
+    result = url_path(json.loads(body)["tasks"][0]["result_url"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, body = client.request("GET", result, headers={"Prefer": "wait=30"})

@@ -127,11 +127,10 @@ class TaskQueue:
         refused: list[tuple[int, str, float | None]] = []
         try:
             for item in done:
-                task_id, result, started_at = item.task_id, item.result, item.started_at
                 try:
-                    tmp, size = self.blobs.write_temp(result.data, max_bytes=None)
+                    tmp, size = self.blobs.write_temp(item.result.data, max_bytes=None)
                 except PixmillError as exc:
-                    refused.append((task_id, f"could not store the result: {exc.message}", started_at))
+                    refused.append((item.task_id, f"could not store the result: {exc.message}", item.started_at))
                     continue
                 written.append((item, tmp, size, new_key()))
             recorded: set[int] = set()
