@@ -26,8 +26,10 @@ ENGINES = ("mpi", "local")
 # the manager at once (quick_backoff_after_handoff), so its cap only bounds how late the result of a
 # task longer than the spells is seen, and the worker that finished last takes the next task.  Idle
 # dispatcher with 3 workers (tests/test_jobs_mpi.py): with caps 5 ms / 10 ms and no warm spell
-# 4.2-4.6% of a core; with 20 ms / 20 ms and the spells 2.9-3.8%.  A pool of two in the 5 s after
-# a burst (tests/test_engine.py): 4.2-5.0%; 6.2-6.4% when the manager had a warm spell too.
+# 4.2-4.6% of a core; with 20 ms / 20 ms and the spells 2.9-3.8% (3.0-3.2% with the spells after
+# the start waited out; each rank wakes 50-65 times a second).  A pool of two in the 5 s after a
+# burst (tests/test_engine.py): 4.2-5.0%, ~300 wakeups/s a rank; 6.2-6.4% when the manager had a
+# warm spell too.
 MANAGER_BACKOFF = os.environ.get("PIXMILL_MANAGER_BACKOFF", "0.02")
 WORKER_BACKOFF = os.environ.get("PIXMILL_WORKER_BACKOFF", "0.02")
 FAST_BACKOFF = float(os.environ.get("PIXMILL_FAST_BACKOFF", "0.0005"))
