@@ -29,7 +29,7 @@ class Use:
     wakeups: float  # voluntary context switches per second, all threads
 
     def __str__(self) -> str:
-        return f"pid {self.pid} ({self.command}): {self.cpu:.1%} of a core, {self.wakeups:.0f} wakeups/s"
+        return f"pid {self.pid} ({self.command[:60]}): {self.cpu:.1%} of a core, {self.wakeups:.0f} wakeups/s"
 
 
 def measure(procs: list[psutil.Process], seconds: float) -> list[Use]:
@@ -42,7 +42,7 @@ def measure(procs: list[psutil.Process], seconds: float) -> list[Use]:
         if after is None or before[p.pid] is None:
             continue
         with contextlib.suppress(psutil.Error):
-            command = " ".join(p.cmdline())[:60]
+            command = " ".join(p.cmdline())
             uses.append(Use(p.pid, command, (after[0] - before[p.pid][0]) / seconds,
                             (after[1] - before[p.pid][1]) / seconds))
     return uses

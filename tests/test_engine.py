@@ -51,10 +51,11 @@ def test_an_idle_mpi_pool_ends_its_quick_polling_and_does_not_spin() -> None:
     # then is noticed at once; after them a rank wakes every 20 ms.  A spinning rank uses a core.
     assert FAST_SECONDS + WARM_SECONDS < 5
     print("the 5 s after the last task:", *burst, "the next 5 s:", *idle, sep="\n")
-    assert len(idle) == 5  # this process (the manager), mpiexec, hydra's proxy, two ranks
+    assert sum("mpi4py.futures.server" in use.command for use in idle) == 2
     for use in burst:
         assert use.cpu < 0.25, f"{use} in the 5 s after the last task"
-    for use in idle[1:]:  # this process's own threads are pytest's, not only the pool's
-        assert use.wakeups < 150, f"{use}: polls faster than the 20 ms back-off once idle"
+    for use in idle:
+        if use.pid != me.pid:  # this process's threads are pytest's too, not only the pool's manager
+            assert use.wakeups < 150, f"{use}: polls faster than the 20 ms back-off once idle"
     for use in idle:
         assert use.cpu < 0.05, f"{use}: more than 5% of a core while idle"

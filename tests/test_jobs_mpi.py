@@ -196,7 +196,7 @@ def test_an_idle_dispatcher_and_pool_neither_spin_nor_poll_faster_than_their_bac
         uses = measure([psutil.Process(worker.pid)] + descendants(worker.pid), 10)
     print("\n".join(map(str, uses)))
     print(f"idle: {sum(u.cpu for u in uses):.1%} of one core for {len(uses)} processes (target < 5%: make bench)")
-    assert len(uses) == 7  # pixmill worker, its dispatcher, mpiexec, hydra's proxy, three ranks
+    assert sum("mpi4py.futures.server" in use.command for use in uses) == 3
     for use in uses:
         assert use.wakeups < 150, f"{use}: polls faster than the 20 ms back-off"
         assert use.cpu < 0.05, f"{use}: more than 5% of a core while idle"
