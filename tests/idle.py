@@ -1,12 +1,13 @@
 """What idle processes cost: CPU and wakeups of each one over a window, for the tests that check
 that an idle pool neither spins nor polls faster than its back-off allows.
 
-CPU shares are noisy on a shared machine (the same idle pool measured 2.9% of a core on one run and
-5.2% on another), so the targets of issue 5 live in the benchmarks; these tests assert bounds a
+CPU shares are noisy on a shared machine (an earlier form of these tests measured an idle pool at
+2.9-3.8% of a core here and at 5.2% in CI, its window holding the last of the workers' quick
+polling), so the targets of issue 5 live in the benchmarks; these tests assert bounds that a
 broken back-off crosses by far.  Wakeups (voluntary context switches, summed over a process's
-threads) count the sleeps themselves, which noise does not change: an idle rank at its 20 ms cap
-wakes ~50 times a second, one stuck at the 2 ms warm cap ~500, at the 0.5 ms fast cap ~2,000; a
-rank that spins uses a whole core.
+threads) count the sleeps themselves, which a busy machine hardly changes: an idle rank at its
+20 ms cap wakes ~50 times a second, one stuck at the 2 ms warm cap ~500, at the 0.5 ms fast cap
+~2,000; a rank that spins uses a whole core.
 """
 
 from __future__ import annotations
