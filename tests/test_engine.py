@@ -57,5 +57,4 @@ def test_an_idle_mpi_pool_ends_its_quick_polling_and_does_not_spin() -> None:
     for use in idle:
         if use.pid != me.pid:  # this process's threads are pytest's too, not only the pool's manager
             assert use.wakeups < 150, f"{use}: polls faster than the 20 ms back-off once idle"
-    for use in idle:
         assert use.cpu < 0.05, f"{use}: more than 5% of a core while idle"
