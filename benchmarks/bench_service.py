@@ -6,7 +6,9 @@
   against a loop of process() in one process;
 - warm latency: one small job (W3, a 512×512 JPEG, blur) from submit until its result is fetched,
   back to back and after idle spells (targets p50 <= 25 ms, p99 <= 100 ms), and the same through
-  a server that starts mpiexec for every job, as the original application did;
+  a server that starts mpiexec for every job, as the original application did; beside it, the same
+  image's process() alone in this process, back to back and after the same pause, which shows what
+  a pause costs this machine's caches apart from anything pixmill does;
 - idle: CPU of the web process, its dispatcher and workers over 10 s, as a share of one core.
 """
 
@@ -147,7 +149,31 @@ def warm_latency(server: Server, image: bytes, jobs: int = 200, spaced: int = 20
             time.sleep(pause)
             samples.append(one_job(client, image))
         spells[name] = {**percentiles(samples), "idle_seconds": pause}
-    return {"back_to_back": percentiles(back), **spells}
+    return {"back_to_back": percentiles(back), **spells, "work_alone": work_alone(image, gap)}
+
+
+def work_alone(image: bytes, gap: float, jobs: int = 40, spaced: int = 10) -> dict:
+    """W3's process() in this process with one OpenCV thread (a worker's), back to back and each after
+    `gap` seconds of sleep: p50 ms of each, and the difference, which no back-off or hand-off is part of."""
+    pipeline, threads = parse_pipeline("blur"), cv2.getNumThreads()
+    cv2.setNumThreads(1)
+
+    def once() -> float:
+        start = time.perf_counter()
+        process(image, pipeline)
+        return time.perf_counter() - start
+    try:
+        for _ in range(10):
+            once()
+        back = percentiles([once() for _ in range(jobs)])["p50_ms"]
+        after = []
+        for _ in range(spaced):
+            time.sleep(gap)
+            after.append(once())
+    finally:
+        cv2.setNumThreads(threads)
+    idle = percentiles(after)["p50_ms"]
+    return {"back_to_back_p50_ms": back, "after_idle_p50_ms": idle, "idle_seconds": gap, "penalty_ms": idle - back}
 
 
 PER_JOB_TASK = Path(__file__).with_name("perjob_task.py")
@@ -216,5 +242,5 @@ def w3_image() -> bytes:
     return data.tobytes()
 
 
-__all__ = ["overhead", "corpus_w2", "warm_latency", "per_job_mpiexec", "idle_cpu", "w3_image", "submit",
+__all__ = ["overhead", "corpus_w2", "warm_latency", "work_alone", "per_job_mpiexec", "idle_cpu", "w3_image", "submit",
            "through_service", "wait_for"]

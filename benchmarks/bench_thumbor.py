@@ -8,11 +8,15 @@ pixmill a one-image job POSTed, then its result fetched with `Prefer: wait`: the
 `resize | grayscale` (the original application's exact pixels).  Target: pixmill >= 1.5×
 thumbor's images/s.  Also measured, apart from the target: the same clients each sending their
 share of the images as one job (pixmill's own use: many images per upload), waiting for the job
-with `Prefer: wait`, then fetching every result.
+with `Prefer: wait`, then fetching every result.  The CPU each side spends per image is counted too
+(thumbor's processes; pixmill's web process, dispatcher and workers; the clients), beside what
+pixmill's `process()` alone costs in one process: on cores that the run keeps busy, images/s is
+about the cores over the CPU per image, so these say where a shortfall comes from.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -26,7 +30,11 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import LeanClient, Server, free_port, one_image_job, stop_process, url_path, wait_for  # noqa: E402
+from common import (LeanClient, Server, cpu_seconds, family, free_port, one_image_job, roles,  # noqa: E402
+                    self_cpu_seconds, stop_process, url_path, wait_for)
+
+from pixmill.pipeline import parse_pipeline  # noqa: E402
+from pixmill.process import process  # noqa: E402
 
 VENV = Path(__file__).resolve().parent / ".thumbor-venv"
 
@@ -94,6 +102,23 @@ def _pixmill_batch(client: LeanClient, names: list[str], files: dict[str, bytes]
     return size
 
 
+def _image_work(files: dict[str, bytes], pipeline: str, passes: int = 3) -> float:
+    """CPU seconds per image of process() alone in this process, with one OpenCV thread (a worker's
+    share of a pool with a worker per core)."""
+    threads, parsed = cv2.getNumThreads(), parse_pipeline(pipeline)
+    cv2.setNumThreads(1)
+    try:
+        for data in files.values():  # warm
+            process(data, parsed)
+        start = time.process_time()
+        for _ in range(passes):
+            for data in files.values():
+                process(data, parsed)
+        return (time.process_time() - start) / (passes * len(files))
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def _drive(one, items: list, clients: int) -> float:
     """Seconds for `clients` threads to put every item through one(item), one at a time each."""
     start = time.perf_counter()
@@ -124,20 +149,29 @@ def compare(server: Server, paths: list[Path], tmp: Path, *, clients: int = 4, r
             for pipeline in PIPELINES.values():
                 _pixmill_one(to_pixmill, name, files[name], pipeline)
         best = {"thumbor": float("inf"), "batched": float("inf"), **{k: float("inf") for k in PIPELINES}}
+        spent: dict[str, collections.Counter] = {key: collections.Counter() for key in best}  # CPU seconds
+        sides = {"thumbor": {"thumbor": family(proc.pid)}, "pixmill": roles(server.proc.pid)}
+
+        def drive(key: str, side: str, one, items: list) -> None:
+            def cpu() -> dict[str, float]:
+                return {"client": self_cpu_seconds(), **{k: cpu_seconds(v) for k, v in sides[side].items()}}
+            before = cpu()
+            best[key] = min(best[key], _drive(one, items, clients))
+            spent[key].update({k: v - before[k] for k, v in cpu().items()})
         shares = [list(files)[i::clients] for i in range(clients)]  # each client's images, as one job
         for _ in range(rounds):
-            best["thumbor"] = min(best["thumbor"], _drive(lambda name: _thumbor_one(to_thumbor, name),
-                                                          list(files), clients))
+            drive("thumbor", "thumbor", lambda name: _thumbor_one(to_thumbor, name), list(files))
             for key, pipeline in PIPELINES.items():
-                best[key] = min(best[key], _drive(lambda name: _pixmill_one(to_pixmill, name, files[name], pipeline),
-                                                  list(files), clients))
-            best["batched"] = min(best["batched"], _drive(
-                lambda names: _pixmill_batch(to_pixmill, names, files, PIPELINES["thumbnail"]), shares, clients))
+                drive(key, "pixmill", lambda name: _pixmill_one(to_pixmill, name, files[name], pipeline), list(files))
+            drive("batched", "pixmill", lambda names: _pixmill_batch(to_pixmill, names, files, PIPELINES["thumbnail"]),
+                  shares)
         version = subprocess.run([str(VENV / "bin" / "thumbor"), "--version"], capture_output=True, text=True,
                                  timeout=60).stdout.strip()
     finally:
         stop_process(proc)
     n = len(files)
+    cpu_ms = {key: {k: 1000 * v / (rounds * n) for k, v in sorted(used.items()) if k != "other" or v}
+              for key, used in spent.items()}
     return {"images": n, "clients": clients, "thumbor_processes": processes, "thumbor_version": version,
             "pipeline": PIPELINES["thumbnail"], "exact_pipeline": PIPELINES["resize"],
             "thumbor_images_per_s": n / best["thumbor"], "pixmill_images_per_s": n / best["thumbnail"],
@@ -145,4 +179,6 @@ def compare(server: Server, paths: list[Path], tmp: Path, *, clients: int = 4, r
             "batched_job_images": len(shares[0]), "pixmill_batched_images_per_s": n / best["batched"],
             # seconds over seconds: pixmill's images/s ÷ thumbor's
             "ratio": best["thumbor"] / best["thumbnail"], "exact_ratio": best["thumbor"] / best["resize"],
-            "batched_ratio": best["thumbor"] / best["batched"]}
+            "batched_ratio": best["thumbor"] / best["batched"],
+            # CPU milliseconds per image, by process, averaged over the rounds
+            "cpu_ms_per_image": cpu_ms, "image_work_ms": 1000 * _image_work(files, PIPELINES["thumbnail"])}

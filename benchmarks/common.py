@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -101,6 +102,26 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
         except psutil.Error:
             pass
     return total
+
+
+def roles(pid: int) -> dict[str, list[psutil.Process]]:
+    """A `pixmill serve` process and its descendants by role: web, dispatcher, workers, other (mpiexec)."""
+    out: dict[str, list[psutil.Process]] = {"web": [], "dispatcher": [], "workers": [], "other": []}
+    for proc in family(pid):
+        try:
+            command = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        role = ("web" if proc.pid == pid else "dispatcher" if "pixmill.dispatcher" in command
+                else "workers" if "mpi4py.futures.server" in command else "other")
+        out[role].append(proc)
+    return out
+
+
+def self_cpu_seconds() -> float:
+    """User + system CPU seconds of this process, every thread."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss(pid: int) -> int:

@@ -97,6 +97,18 @@ def plot(w1: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def cpu_per_image(t: dict) -> str:
+    """Where the thumbor comparison's CPU went, per image, and what the 1.5x target leaves pixmill."""
+    cpu = t["cpu_ms_per_image"]
+
+    def side(key: str) -> str:
+        return ", ".join(f"{k} {v:.1f}" for k, v in cpu[key].items()) + f" = {sum(cpu[key].values()):.1f}"
+    return (f"thumbor, CPU ms per image: thumbor {side('thumbor')}; pixmill `thumbnail` {side('thumbnail')} "
+            f"(its process() alone in one process {t['image_work_ms']:.1f}); pixmill `resize` "
+            f"{sum(cpu['resize'].values()):.1f}, batched {sum(cpu['batched'].values()):.1f}; at 1.5x thumbor's "
+            f"images/s, pixmill could spend {sum(cpu['thumbor'].values()) / 1.5:.1f} in all")
+
+
 def lines(r: dict) -> list[str]:
     """The figures, one per line."""
     out = []
@@ -116,6 +128,11 @@ def lines(r: dict) -> list[str]:
                    f"({w['speedup']:.2f}x)")
     if "latency" in r:
         for kind, lat in r["latency"].items():
+            if kind == "work_alone":
+                out.append(f"W3's process() alone in one process, p50: {lat['back_to_back_p50_ms']:.1f} ms back to "
+                           f"back, {lat['after_idle_p50_ms']:.1f} ms each {lat['idle_seconds']:g} s after the last "
+                           f"({lat['penalty_ms']:+.1f} ms: what the pause costs the same work on this machine)")
+                continue
             extra = f" after {lat['idle_seconds']:g} s idle" if "idle_seconds" in lat else ""
             out.append(f"W3 latency {kind}{extra}: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
                        f"max {lat['max_ms']:.1f} ms (n={lat['n']})")
@@ -138,6 +155,7 @@ def lines(r: dict) -> list[str]:
             out.append(f"thumbor, apart from the target: each of the {t['clients']} clients sends its "
                        f"{t['batched_job_images']} images as one pixmill job: {t['pixmill_batched_images_per_s']:.1f} "
                        f"images/s, pixmill/thumbor {t['batched_ratio']:.2f}")
+            out.append(cpu_per_image(t))
     if "memory" in r:
         m = r["memory"]
         out.append(f"web RSS after {m['first']} small jobs {m['rss_after_first_mb']:.1f} MB, after {m['jobs']} "
