@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import collections
 import http.server
+import os
 import statistics
 import subprocess
 import sys
@@ -22,12 +24,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (LeanClient, Server, cpu_seconds, environment, family, free_port, one_image_job,  # noqa: E402
-                    photo_like, timed, wait_for)
+                    photo_like, roles, self_cpu_seconds, timed, wait_for)
 
 from pixmill.batch import run_batch  # noqa: E402
 from pixmill.engine import make_executor  # noqa: E402
@@ -36,6 +39,7 @@ from pixmill.pipeline import parse_pipeline  # noqa: E402
 from pixmill.process import Output, process  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "real"
+T = TypeVar("T")
 ORIGINAL_OPS = ["edge_detection", "color_inversion", "grayscale", "blur", "threshold", "resize"]
 
 
@@ -50,15 +54,28 @@ def submit(server: Server, files: list[tuple[str, bytes]], pipeline: str | None 
 
 
 def through_service(server: Server, files: list[tuple[str, bytes]], *, allow_failed: int = 0, **kw) -> float:
-    """Seconds from the POST until every task of the job has ended (at most allow_failed may fail)."""
+    """Seconds from the POST until every task of the job has ended (at most allow_failed may fail); the job
+    is deleted afterwards."""
+    seconds, job_id = run_job(server, files, allow_failed=allow_failed, **kw)
+    delete_job(server, job_id)
+    return seconds
+
+
+def run_job(server: Server, files: list[tuple[str, bytes]], *, allow_failed: int = 0, **kw) -> tuple[float, str]:
+    """POST one job and wait until every task has ended; (seconds, the job's id). RuntimeError if more than
+    allow_failed tasks did not succeed."""
     start = time.perf_counter()
     job = server.wait_job(submit(server, files, **kw))
     seconds = time.perf_counter() - start
     failed = [t for t in job["tasks"] if t["state"] != "done"]
     if len(failed) > allow_failed:
         raise RuntimeError(f"{len(failed)} tasks did not succeed, e.g. {failed[0]['error']}")
-    server.http.delete(server.url + f"api/v1/jobs/{job['id']}", timeout=60)
-    return seconds
+    return seconds, job["id"]
+
+
+def delete_job(server: Server, job_id: str) -> None:
+    """Delete a job and its images."""
+    server.http.delete(server.url + f"api/v1/jobs/{job_id}", timeout=60)
 
 
 def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds: int = 3) -> dict:
@@ -67,16 +84,36 @@ def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds:
     pipeline = parse_pipeline("blur")
     pool = make_executor("mpi", workers)
     best: dict[str, float] = {}
+    spent: dict[str, collections.Counter] = {"service": collections.Counter(), "pool": collections.Counter()}
 
     def keep(name: str, seconds: float) -> None:
         best[name] = min(best.get(name, seconds), seconds)
+
+    def counted(name: str, groups: dict[str, list], fn: Callable[[], T]) -> T:
+        """What fn returns; adds the CPU seconds of each group of processes, and of this one, to spent[name]."""
+        def cpu() -> dict[str, float]:
+            return {"client": self_cpu_seconds(), **{k: cpu_seconds(v) for k, v in groups.items()}}
+        before = cpu()
+        seconds = fn()
+        spent[name].update({k: v - before[k] for k, v in cpu().items()})
+        return seconds
+
+    def service() -> float:
+        seconds, job_id = counted("service", service_roles, lambda: run_job(server, files, pipeline="blur"))
+        delete_job(server, job_id)  # after the count: deleting is not part of the figure
+        return seconds
     try:
         list(pool.map(abs, range(workers * 4)))
         through_service(server, files[:workers * 2], pipeline="blur")  # warm the service's workers
+        service_roles = roles(server.proc.pid)
+        served = {proc.pid for proc in family(server.proc.pid)}
+        # this process runs the pool (its "client" CPU): its workers are those of its descendants not served
+        pool_workers = {"workers": [proc for proc in roles(os.getpid())["workers"] if proc.pid not in served]}
         for i in range(rounds):
-            keep("service", through_service(server, files, pipeline="blur"))
-            keep("pool", timed(lambda: run_batch(paths, pipeline, Output(), tmp / f"pool{i}", pool, workers=workers,
-                                                 max_pixels=100_000_000, max_file_bytes=50 << 20)))
+            keep("service", service())
+            keep("pool", counted("pool", pool_workers, lambda: timed(lambda: run_batch(
+                paths, pipeline, Output(), tmp / f"pool{i}", pool, workers=workers, max_pixels=100_000_000,
+                max_file_bytes=50 << 20))))
             cmd = [sys.executable, "-m", "pixmill", "run", str(paths[0].parent), "-p", "blur",
                    "-o", str(tmp / f"cli{i}"), "-w", str(workers)]
             keep("cli", timed(lambda: subprocess.run(cmd, check=True, capture_output=True, timeout=600,
@@ -87,7 +124,11 @@ def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds:
     return {"images": n, "workers": workers, "rounds": rounds, "service_seconds": best["service"],
             "pool_seconds": best["pool"], "cli_seconds": best["cli"],
             "service_images_per_s": n / best["service"],
-            "ratio_vs_cli": best["service"] / best["cli"], "ratio_vs_started_pool": best["service"] / best["pool"]}
+            "ratio_vs_cli": best["service"] / best["cli"], "ratio_vs_started_pool": best["service"] / best["pool"],
+            # CPU milliseconds per image by process, averaged over the rounds ("client": this process,
+            # which on the started pool is the pool's own: its manager thread and run_batch)
+            "cpu_ms_per_image": {name: {k: 1000 * v / (rounds * n) for k, v in sorted(used.items())}
+                                 for name, used in spent.items()}}
 
 
 def corpus_w2(server: Server, rounds: int = 3) -> dict:
@@ -243,4 +284,4 @@ def w3_image() -> bytes:
 
 
 __all__ = ["overhead", "corpus_w2", "warm_latency", "work_alone", "per_job_mpiexec", "idle_cpu", "w3_image", "submit",
-           "through_service", "wait_for"]
+           "through_service", "run_job", "delete_job", "wait_for"]

@@ -170,8 +170,7 @@ def compare(server: Server, paths: list[Path], tmp: Path, *, clients: int = 4, r
     finally:
         stop_process(proc)
     n = len(files)
-    cpu_ms = {key: {k: 1000 * v / (rounds * n) for k, v in sorted(used.items()) if k != "other" or v}
-              for key, used in spent.items()}
+    cpu_ms = {key: {k: 1000 * v / (rounds * n) for k, v in sorted(used.items())} for key, used in spent.items()}
     return {"images": n, "clients": clients, "thumbor_processes": processes, "thumbor_version": version,
             "pipeline": PIPELINES["thumbnail"], "exact_pipeline": PIPELINES["resize"],
             "thumbor_images_per_s": n / best["thumbor"], "pixmill_images_per_s": n / best["thumbnail"],

@@ -120,6 +120,12 @@ def lines(r: dict) -> list[str]:
                    f"{o['service_seconds']:.2f} s ({o['service_images_per_s']:.1f} images/s); `pixmill run` whole "
                    f"command {o['cli_seconds']:.2f} s, on a started pool {o['pool_seconds']:.2f} s; ratios "
                    f"{o['ratio_vs_cli']:.2f} and {o['ratio_vs_started_pool']:.2f}")
+        cpu = o["cpu_ms_per_image"]
+        out.append("service, CPU ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu["service"].items())
+                   + "; on the started pool: its own process " + f"{cpu['pool']['client']:.1f}, workers "
+                   f"{cpu['pool']['workers']:.1f} (over the workers, the service spends "
+                   f"{sum(cpu['service'].values()) - cpu['service']['workers']:.1f} and the pool "
+                   f"{cpu['pool']['client']:.1f})")
     if "w2" in r:
         w = r["w2"]
         out.append(f"W2 corpus ({w['images']} files, mixed operations; {len(w['refused'])} refused by design "
