@@ -193,7 +193,7 @@ def warm_latency(server: Server, image: bytes, jobs: int = 200, spaced: int = 20
     return {"back_to_back": percentiles(back), **spells, "work_alone": work_alone(image, gap)}
 
 
-def work_alone(image: bytes, gap: float, jobs: int = 40, spaced: int = 10) -> dict:
+def work_alone(image: bytes, gap: float, jobs: int = 40, spaced: int = 20) -> dict:
     """W3's process() in this process with one OpenCV thread (a worker's), back to back and each after
     `gap` seconds of sleep: p50 ms of each, and the difference, which no back-off or hand-off is part of."""
     pipeline, threads = parse_pipeline("blur"), cv2.getNumThreads()
