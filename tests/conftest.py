@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +14,12 @@ from hypothesis import strategies as st
 from pixmill.ops import Operation, Param
 
 DATA_DIR = Path(__file__).parent / "data"
+
+# A test run started in the background of a non-interactive shell (`make test &`) inherits SIGINT
+# ignored, and so would every server it starts: Ctrl-C, which tests send as SIGINT, would then not
+# stop them (a fresh-clone run so started failed that way). Processes started from here get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
