@@ -24,13 +24,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (LeanClient, Server, cpu_seconds, environment, family, free_port, one_image_job,  # noqa: E402
-                    photo_like, roles, self_cpu_seconds, timed, wait_for)
+                    per_image_ms, photo_like, roles, timed, wait_for, with_cpu)
 
 from pixmill.batch import run_batch  # noqa: E402
 from pixmill.engine import make_executor  # noqa: E402
@@ -39,7 +38,6 @@ from pixmill.pipeline import parse_pipeline  # noqa: E402
 from pixmill.process import Output, process  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "real"
-T = TypeVar("T")
 ORIGINAL_OPS = ["edge_detection", "color_inversion", "grayscale", "blur", "threshold", "resize"]
 
 
@@ -89,18 +87,16 @@ def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds:
     def keep(name: str, seconds: float) -> None:
         best[name] = min(best.get(name, seconds), seconds)
 
-    def counted(name: str, groups: dict[str, list], fn: Callable[[], T]) -> T:
-        """What fn returns; adds the CPU seconds of each group of processes, and of this one, to spent[name]."""
-        def cpu() -> dict[str, float]:
-            return {"client": self_cpu_seconds(), **{k: cpu_seconds(v) for k, v in groups.items()}}
-        before = cpu()
-        seconds = fn()
-        spent[name].update({k: v - before[k] for k, v in cpu().items()})
+    def service() -> float:
+        (seconds, job_id), used = with_cpu(service_roles, lambda: run_job(server, files, pipeline="blur"))
+        spent["service"].update(used)
+        delete_job(server, job_id)  # after the count: deleting is not part of the figure
         return seconds
 
-    def service() -> float:
-        seconds, job_id = counted("service", service_roles, lambda: run_job(server, files, pipeline="blur"))
-        delete_job(server, job_id)  # after the count: deleting is not part of the figure
+    def on_pool(out: Path) -> float:
+        seconds, used = with_cpu(pool_workers, lambda: timed(lambda: run_batch(
+            paths, pipeline, Output(), out, pool, workers=workers, max_pixels=100_000_000, max_file_bytes=50 << 20)))
+        spent["pool"].update(used)
         return seconds
     try:
         list(pool.map(abs, range(workers * 4)))
@@ -111,9 +107,7 @@ def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds:
         pool_workers = {"workers": [proc for proc in roles(os.getpid())["workers"] if proc.pid not in served]}
         for i in range(rounds):
             keep("service", service())
-            keep("pool", counted("pool", pool_workers, lambda: timed(lambda: run_batch(
-                paths, pipeline, Output(), tmp / f"pool{i}", pool, workers=workers, max_pixels=100_000_000,
-                max_file_bytes=50 << 20))))
+            keep("pool", on_pool(tmp / f"pool{i}"))
             cmd = [sys.executable, "-m", "pixmill", "run", str(paths[0].parent), "-p", "blur",
                    "-o", str(tmp / f"cli{i}"), "-w", str(workers)]
             keep("cli", timed(lambda: subprocess.run(cmd, check=True, capture_output=True, timeout=600,
@@ -127,8 +121,7 @@ def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds:
             "ratio_vs_cli": best["service"] / best["cli"], "ratio_vs_started_pool": best["service"] / best["pool"],
             # CPU milliseconds per image by process, averaged over the rounds ("client": this process,
             # which on the started pool is the pool's own: its manager thread and run_batch)
-            "cpu_ms_per_image": {name: {k: 1000 * v / (rounds * n) for k, v in sorted(used.items())}
-                                 for name, used in spent.items()}}
+            "cpu_ms_per_image": {name: per_image_ms(used, rounds * n) for name, used in spent.items()}}
 
 
 def corpus_w2(server: Server, rounds: int = 3) -> dict:

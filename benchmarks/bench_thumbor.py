@@ -30,8 +30,8 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (LeanClient, Server, cpu_seconds, family, free_port, one_image_job, roles,  # noqa: E402
-                    self_cpu_seconds, stop_process, url_path, wait_for)
+from common import (LeanClient, Server, family, free_port, one_image_job, per_image_ms, roles,  # noqa: E402
+                    stop_process, url_path, wait_for, with_cpu)
 
 from pixmill.pipeline import parse_pipeline  # noqa: E402
 from pixmill.process import process  # noqa: E402
@@ -153,11 +153,9 @@ def compare(server: Server, paths: list[Path], tmp: Path, *, clients: int = 4, r
         sides = {"thumbor": {"thumbor": family(proc.pid)}, "pixmill": roles(server.proc.pid)}
 
         def drive(key: str, side: str, one, items: list) -> None:
-            def cpu() -> dict[str, float]:
-                return {"client": self_cpu_seconds(), **{k: cpu_seconds(v) for k, v in sides[side].items()}}
-            before = cpu()
-            best[key] = min(best[key], _drive(one, items, clients))
-            spent[key].update({k: v - before[k] for k, v in cpu().items()})
+            seconds, used = with_cpu(sides[side], lambda: _drive(one, items, clients))
+            best[key] = min(best[key], seconds)
+            spent[key].update(used)
         shares = [list(files)[i::clients] for i in range(clients)]  # each client's images, as one job
         for _ in range(rounds):
             drive("thumbor", "thumbor", lambda name: _thumbor_one(to_thumbor, name), list(files))
@@ -170,7 +168,7 @@ def compare(server: Server, paths: list[Path], tmp: Path, *, clients: int = 4, r
     finally:
         stop_process(proc)
     n = len(files)
-    cpu_ms = {key: {k: 1000 * v / (rounds * n) for k, v in sorted(used.items())} for key, used in spent.items()}
+    cpu_ms = {key: per_image_ms(used, rounds * n) for key, used in spent.items()}
     return {"images": n, "clients": clients, "thumbor_processes": processes, "thumbor_version": version,
             "pipeline": PIPELINES["thumbnail"], "exact_pipeline": PIPELINES["resize"],
             "thumbor_images_per_s": n / best["thumbor"], "pixmill_images_per_s": n / best["thumbnail"],

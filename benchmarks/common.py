@@ -17,12 +17,14 @@ import time
 import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import cv2
 import numpy as np
 import psutil
 import requests
+
+T = TypeVar("T")
 
 
 def photo_like(width: int, height: int, seed: int) -> np.ndarray:
@@ -122,6 +124,20 @@ def self_cpu_seconds() -> float:
     """User + system CPU seconds of this process, every thread."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def with_cpu(groups: dict[str, list[psutil.Process]], fn: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """What fn returns, and the CPU seconds each group of processes, and this one ("client"), spent meanwhile."""
+    def cpu() -> dict[str, float]:
+        return {"client": self_cpu_seconds(), **{k: cpu_seconds(v) for k, v in groups.items()}}
+    before = cpu()
+    value = fn()
+    return value, {k: v - before[k] for k, v in cpu().items()}
+
+
+def per_image_ms(spent: dict[str, float], images: int) -> dict[str, float]:
+    """CPU seconds by process over `images` images, as milliseconds per image."""
+    return {k: 1000 * v / images for k, v in sorted(spent.items())}
 
 
 def rss(pid: int) -> int:
