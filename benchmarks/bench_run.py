@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import environment, timed, write_photos  # noqa: E402
+from common import environment, opencv_threads, timed, write_photos  # noqa: E402
 
 from pixmill.batch import run_batch  # noqa: E402
 from pixmill.engine import make_executor  # noqa: E402
@@ -72,12 +72,10 @@ def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5,
             list(pool.map(abs, range(w * 4)))  # every worker is up and has answered
         # Rounds interleave the baseline and every variant, so a slow phase of the shared
         # machine hits them alike; the best of each is kept.
-        threads = cv2.getNumThreads()
         for _ in range(rounds):
             keep("loop", timed(lambda: baseline(paths, tmp / "base")))
-            cv2.setNumThreads(1)
-            keep("loop1", timed(lambda: baseline(paths, tmp / "base1")))
-            cv2.setNumThreads(threads)
+            with opencv_threads(1):
+                keep("loop1", timed(lambda: baseline(paths, tmp / "base1")))
             for w in counts[1:]:
                 keep(f"loops{w}", concurrent_loops(paths, tmp, w))
             for w, pool in pools.items():

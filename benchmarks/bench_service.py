@@ -29,7 +29,7 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (LeanClient, Server, cpu_seconds, environment, family, free_port, one_image_job,  # noqa: E402
-                    per_image_ms, photo_like, roles, timed, wait_for, with_cpu)
+                    opencv_threads, per_image_ms, photo_like, roles, timed, wait_for, with_cpu)
 
 from pixmill.batch import run_batch  # noqa: E402
 from pixmill.engine import make_executor  # noqa: E402
@@ -189,14 +189,13 @@ def warm_latency(server: Server, image: bytes, jobs: int = 200, spaced: int = 20
 def work_alone(image: bytes, gap: float, jobs: int = 40, spaced: int = 20) -> dict:
     """W3's process() in this process with one OpenCV thread (a worker's), back to back and each after
     `gap` seconds of sleep: p50 ms of each, and the difference, which no back-off or hand-off is part of."""
-    pipeline, threads = parse_pipeline("blur"), cv2.getNumThreads()
-    cv2.setNumThreads(1)
+    pipeline = parse_pipeline("blur")
 
     def once() -> float:
         start = time.perf_counter()
         process(image, pipeline)
         return time.perf_counter() - start
-    try:
+    with opencv_threads(1):
         for _ in range(10):
             once()
         back = percentiles([once() for _ in range(jobs)])["p50_ms"]
@@ -204,8 +203,6 @@ def work_alone(image: bytes, gap: float, jobs: int = 40, spaced: int = 20) -> di
         for _ in range(spaced):
             time.sleep(gap)
             after.append(once())
-    finally:
-        cv2.setNumThreads(threads)
     idle = percentiles(after)["p50_ms"]
     return {"back_to_back_p50_ms": back, "after_idle_p50_ms": idle, "idle_seconds": gap, "penalty_ms": idle - back}
 

@@ -30,8 +30,8 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (LeanClient, Server, family, free_port, one_image_job, per_image_ms, roles,  # noqa: E402
-                    stop_process, url_path, wait_for, with_cpu)
+from common import (LeanClient, Server, family, free_port, one_image_job, opencv_threads,  # noqa: E402
+                    per_image_ms, roles, stop_process, url_path, wait_for, with_cpu)
 
 from pixmill.pipeline import parse_pipeline  # noqa: E402
 from pixmill.process import process  # noqa: E402
@@ -105,9 +105,8 @@ def _pixmill_batch(client: LeanClient, names: list[str], files: dict[str, bytes]
 def _image_work(files: dict[str, bytes], pipeline: str, passes: int = 3) -> float:
     """CPU seconds per image of process() alone in this process, with one OpenCV thread (a worker's
     share of a pool with a worker per core)."""
-    threads, parsed = cv2.getNumThreads(), parse_pipeline(pipeline)
-    cv2.setNumThreads(1)
-    try:
+    parsed = parse_pipeline(pipeline)
+    with opencv_threads(1):
         for data in files.values():  # warm
             process(data, parsed)
         start = time.process_time()
@@ -115,8 +114,6 @@ def _image_work(files: dict[str, bytes], pipeline: str, passes: int = 3) -> floa
             for data in files.values():
                 process(data, parsed)
         return (time.process_time() - start) / (passes * len(files))
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def _drive(one, items: list, clients: int) -> float:

@@ -126,6 +126,17 @@ def self_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@contextmanager
+def opencv_threads(count: int) -> Iterator[None]:
+    """OpenCV uses `count` threads inside the block (1: a worker's share with a worker per core), then as before."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def with_cpu(groups: dict[str, list[psutil.Process]], fn: Callable[[], T]) -> tuple[T, dict[str, float]]:
     """What fn returns, and the CPU seconds each group of processes, and this one ("client"), spent meanwhile."""
     def cpu() -> dict[str, float]:
