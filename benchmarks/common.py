@@ -227,15 +227,13 @@ class LeanClient:
 
     def wait_job(self, job_id: str, timeout: float = 120.0) -> dict:
         """Wait until every task of the job has ended (long polls with `Prefer: wait`); return its JSON."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ended():
             status, body = self.request("GET", f"/api/v1/jobs/{job_id}", headers={"Prefer": "wait=30"})
             if status != 200:
                 raise RuntimeError(f"GET of job {job_id} answered {status}: {body[:300]!r}")
             job = json.loads(body)
-            if job["ended"] == job["total"]:
-                return job
-        raise RuntimeError(f"job {job_id} took over {timeout} s")
+            return job if job["ended"] == job["total"] else None
+        return wait_for(ended, timeout, f"job {job_id}", 0)
 
 
 def url_path(url: str) -> str:
