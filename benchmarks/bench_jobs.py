@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_photos  # noqa: E402
 
 from pixmill.config import Settings  # noqa: E402
-from pixmill.pipeline import parse_pipeline  # noqa: E402
-from pixmill.process import Output  # noqa: E402
+from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
+from pixmill.imaging.process import Output  # noqa: E402
 from pixmill.store import NewTask, Store  # noqa: E402
 
 PIPELINE = "blur"

@@ -26,10 +26,10 @@ import cv2
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, opencv_threads, timed, write_photos  # noqa: E402
 
-from pixmill.batch import run_batch  # noqa: E402
-from pixmill.engine import make_executor  # noqa: E402
-from pixmill.pipeline import parse_pipeline  # noqa: E402
-from pixmill.process import Output  # noqa: E402
+from pixmill.worker.batch import run_batch  # noqa: E402
+from pixmill.worker.engine import make_executor  # noqa: E402
+from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
+from pixmill.imaging.process import Output  # noqa: E402
 
 
 def baseline(paths: list[Path], out: Path) -> None:

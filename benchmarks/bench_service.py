@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (LeanClient, Server, cpu_seconds, environment, family, free_port, one_image_job,  # noqa: E402
                     opencv_threads, per_image_ms, photo_like, roles, timed, wait_for, with_cpu)
 
-from pixmill.batch import run_batch  # noqa: E402
-from pixmill.engine import make_executor  # noqa: E402
+from pixmill.worker.batch import run_batch  # noqa: E402
+from pixmill.worker.engine import make_executor  # noqa: E402
 from pixmill.errors import PixmillError  # noqa: E402
-from pixmill.pipeline import parse_pipeline  # noqa: E402
-from pixmill.process import Output, process  # noqa: E402
+from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
+from pixmill.imaging.process import Output, process  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "real"
 ORIGINAL_OPS = ["edge_detection", "color_inversion", "grayscale", "blur", "threshold", "resize"]

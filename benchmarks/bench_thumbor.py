@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (LeanClient, Server, family, free_port, one_image_job, opencv_threads,  # noqa: E402
                     per_image_ms, roles, stop_process, url_path, wait_for, with_cpu)
 
-from pixmill.pipeline import parse_pipeline  # noqa: E402
-from pixmill.process import process  # noqa: E402
+from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
+from pixmill.imaging.process import process  # noqa: E402
 
 VENV = Path(__file__).resolve().parent / ".thumbor-venv"
 

@@ -114,7 +114,7 @@ def roles(pid: int) -> dict[str, list[psutil.Process]]:
             command = " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        role = ("web" if proc.pid == pid else "dispatcher" if "pixmill.dispatcher" in command
+        role = ("web" if proc.pid == pid else "dispatcher" if "pixmill.worker.dispatcher" in command
                 else "workers" if "mpi4py.futures.server" in command else "other")
         out[role].append(proc)
     return out
@@ -263,7 +263,7 @@ def running_server(folder: Path, *, workers: int, engine: str = "mpi", threads: 
     """Start `pixmill serve` on a free port of 127.0.0.1; SIGTERM it afterwards and kill what is left."""
     folder.mkdir(parents=True, exist_ok=True)
     out, err = folder / "serve.out", folder / "serve.err"
-    cmd = [sys.executable, "-m", "pixmill.cli_serve", "--host", "127.0.0.1", "--port", "0",
+    cmd = [sys.executable, "-m", "pixmill.cli.serve", "--host", "127.0.0.1", "--port", "0",
            "--engine", engine, "--workers", str(workers), "--data-dir", str(folder / "data")]
     if threads:
         cmd += ["--threads", str(threads)]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mpi4py import MPI
 
-from pixmill.pipeline import parse_pipeline
-from pixmill.process import Output, process
+from pixmill.imaging.pipeline import parse_pipeline
+from pixmill.imaging.process import Output, process
 
 if MPI.COMM_WORLD.Get_rank() == 0:
     source, target, pipeline = sys.argv[1:4]

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from hypothesis import strategies as st
 
-from pixmill.ops import Operation, Param
+from pixmill.config import Settings
+from pixmill.imaging.ops import Operation, Param
+from pixmill.store import Store
+from pixmill.web import create_app
+from support.web import MB, make_client
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -20,6 +26,32 @@ DATA_DIR = Path(__file__).parent / "data"
 # stop them (a fresh-clone run so started failed that way). Processes started from here get the default.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings of a small store in tmp_path, on a local pool of one worker; files override it as they need."""
+    return Settings(data_dir=tmp_path / "data", engine="local", workers=1, max_files=4,
+                    max_file_bytes=1 * MB, max_request_bytes=3 * MB)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """The store of `settings`, closed after the test."""
+    with Store.open(settings) as store:
+        yield store
+
+
+@pytest.fixture
+def app(settings: Settings, store: Store) -> Flask:
+    """The web app on `store`, with event streams that look often and end within 20 s."""
+    return create_app(settings, store, sse_poll=0.05, sse_max_seconds=20)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of `app` that reads each response whole."""
+    return make_client(app)
 
 
 @pytest.fixture(scope="session")

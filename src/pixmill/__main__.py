@@ -1,6 +1,6 @@
 """`python -m pixmill` runs the pixmill command."""
 
-from pixmill.cli import main
+from pixmill.cli.main import main
 
 if __name__ == "__main__":
     main()

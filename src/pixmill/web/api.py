@@ -8,9 +8,9 @@ from typing import Callable, Iterator
 from apiflask import APIBlueprint
 from flask import Flask, Response, current_app, request, send_file, stream_with_context, url_for
 
-from ..codec import EXTENSIONS, MEDIA_TYPES
+from ..imaging.codec import EXTENSIONS, MEDIA_TYPES
 from ..errors import ImageTooLarge, NotFound, PixmillError
-from ..ops import catalogue
+from ..imaging.ops import catalogue
 from ..store import JobView, TaskView
 from .archive import pipeline_slug, stream_archive
 from .events import ENDED_JOB

@@ -5,9 +5,9 @@ from __future__ import annotations
 import zipfile
 from typing import Iterator
 
-from ..codec import EXTENSIONS
+from ..imaging.codec import EXTENSIONS
 from ..errors import PixmillError
-from ..pipeline import parse_pipeline
+from ..imaging.pipeline import parse_pipeline
 from ..store import JobView, Store
 from .security import download_name
 

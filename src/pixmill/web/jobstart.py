@@ -8,8 +8,8 @@ whole, at the end, as before.
 
 from __future__ import annotations
 
-from ..jobs import JobView, NewTask
-from ..process import Output
+from ..store import JobView, NewTask
+from ..imaging.process import Output
 from ..store import Store
 
 __all__ = ["JobStart"]

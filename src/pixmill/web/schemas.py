@@ -6,7 +6,7 @@ from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import OneOf
 
-from ..process import OUTPUT_FORMATS
+from ..imaging.process import OUTPUT_FORMATS
 
 __all__ = ["ERROR_SCHEMA", "OperationOut", "JobOut", "UploadOut", "HealthOut", "DownloadQuery",
            "job_form_schema", "upload_form_schema", "TASK_STATES"]

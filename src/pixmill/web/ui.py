@@ -8,8 +8,8 @@ from apiflask import APIBlueprint
 from flask import Flask, Response, abort, render_template, send_from_directory
 
 from .. import __version__
-from ..codec import ACCEPTED, MEDIA_TYPES
-from ..process import OUTPUT_FORMATS
+from ..imaging.codec import ACCEPTED, MEDIA_TYPES
+from ..imaging.process import OUTPUT_FORMATS
 from .security import DOCS_CSP
 from .services import services
 

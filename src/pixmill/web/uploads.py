@@ -13,11 +13,11 @@ from typing import BinaryIO, Iterator
 
 from werkzeug.http import parse_options_header
 
-from .. import codec
+from ..imaging import codec
 from ..config import Settings
 from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidRequest, PixmillError
-from ..pipeline import Pipeline, parse_pipeline
-from ..process import OUTPUT_FORMATS, Output
+from ..imaging.pipeline import Pipeline, parse_pipeline
+from ..imaging.process import OUTPUT_FORMATS, Output
 from ..store import NewTask, Store
 from . import multipart
 from .jobstart import JobStart

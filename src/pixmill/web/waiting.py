@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..dbwatch import DbWatch
+from ..store.dbwatch import DbWatch
 
 __all__ = ["MAX_WAIT", "requested_wait", "Waits"]
 

@@ -1,0 +1,374 @@
+"""Read and write image bytes safely: sniff by magic bytes, check the header, decode, encode.
+
+Formats are found from the bytes, never the file name.  The header is read and the pixel limit
+enforced before anything is decoded.  Decoders are strict: a truncated or corrupt file is an error,
+never a partly grey image.  JPEG is decoded by libjpeg-turbo in strict mode (simplejpeg), PNG by
+OpenCV's libpng after the still image's chunks are picked out (containers.clean_png), and GIF, BMP,
+WebP and TIFF by Pillow.  Outputs are encoded by OpenCV and carry no metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cv2
+import numpy as np
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
+
+from . import containers
+from ..errors import CorruptImage, ImageTooLarge, ProcessingFailed, UnsupportedFormat
+
+__all__ = ["FORMATS", "MEDIA_TYPES", "EXTENSIONS", "ImageInfo", "Decoded",
+           "sniff", "probe", "decode", "encode", "output_format", "jpeg_scale"]
+
+FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff")
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
+               "bmp": "image/bmp", "tiff": "image/tiff"}
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tif"}
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP and TIFF"
+MAX_SIDE = {"jpeg": 65535, "webp": 16383}
+# 16-bit colour takes 6 or 8 bytes a pixel: the decoded size is capped as for 8-bit RGBA at the pixel limit.
+MAX_BYTES_PER_PIXEL = 4
+
+_MAGIC = ((b"\xff\xd8\xff", "jpeg"), (containers.PNG_SIGNATURE, "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+          (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+_OTHER_BINARY = ((b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+                 (b"8BPS", "Photoshop (PSD)"), (b"\x01\xda", "SGI"), (b"%PDF", "PDF"), (b"PK\x03\x04", "ZIP"),
+                 (b"\x00\x00\x01\x00", "ICO"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"))
+_OTHER_TEXT = ((b"<svg", "SVG"), (b"<?xml", "XML or SVG"), (b"<!doctype html", "HTML"), (b"<html", "HTML"))
+_PILLOW_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "DIB": "bmp",
+                   "TIFF": "tiff"}
+_ORIENTATION_TAG = 0x0112
+# pixmill's own limit, checked on the header's size with a message naming it, replaces Pillow's.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says: format, size, Pillow mode, more frames, orientation, lossy or not."""
+
+    format: str
+    width: int
+    height: int
+    mode: str = ""
+    animated: bool = False
+    orientation: int = 1
+    lossy: bool = False
+    notes: tuple[str, ...] = ()
+    bytes_per_pixel: int = 4
+
+    @property
+    def pixels(self) -> int:
+        """Width times height."""
+        return self.width * self.height
+
+
+@dataclass
+class Decoded:
+    """A decoded image in OpenCV layout, its source format and notes on what was done to it.
+
+    `scale` is 1, or 2, 4 or 8 for a JPEG that the decoder shrank by that factor on request;
+    `full_shape` is the (height, width) of the whole image, orientation applied."""
+
+    image: np.ndarray
+    format: str
+    lossy: bool = False
+    notes: list[str] = field(default_factory=list)
+    scale: int = 1
+    full_shape: tuple[int, int] = (0, 0)
+
+
+def sniff(data: bytes) -> str:
+    """The format the bytes are in, or UnsupportedFormat saying what they look like."""
+    if not data:
+        raise UnsupportedFormat(f"the file is empty; pixmill accepts {ACCEPTED}")
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    text = all(32 <= b < 127 or b in (9, 10, 13) for b in data[:256])
+    if data[:2] == b"BM" and not text:
+        return "bmp"
+    head = data[:256].lstrip().lower()
+    kind = next((label for magic, label in _OTHER_BINARY if data.startswith(magic)), None)
+    kind = kind or next((label for magic, label in _OTHER_TEXT if head.startswith(magic)), None)
+    if kind is None and text:
+        kind = "text"
+    what = f"it looks like {kind}" if kind else "its first bytes match no image format"
+    raise UnsupportedFormat(f"not a supported image: {what}; pixmill accepts {ACCEPTED}")
+
+
+def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
+    """Read the header (never the pixels), and refuse an image over max_pixels."""
+    fmt = sniff(data)
+    info = _probe_png(data) if fmt == "png" else _probe_pillow(data, fmt)
+    if info.width <= 0 or info.height <= 0:
+        raise CorruptImage(f"the header says the image is {info.width}×{info.height}")
+    if info.pixels > max_pixels:
+        raise ImageTooLarge(f"{info.width}×{info.height} is {info.pixels / 1e6:.1f} MP, "
+                            f"over the {max_pixels / 1e6:g} MP limit")
+    if info.pixels * info.bytes_per_pixel > max_pixels * MAX_BYTES_PER_PIXEL:
+        raise ImageTooLarge(f"{info.width}×{info.height} at {info.bytes_per_pixel} bytes a pixel needs "
+                            f"{info.pixels * info.bytes_per_pixel / 1e6:.0f} MB decoded, over the "
+                            f"{max_pixels * MAX_BYTES_PER_PIXEL / 1e6:.0f} MB limit (4 bytes × the pixel limit)")
+    return info
+
+
+def decode(data: bytes, *, max_pixels: int,
+           shrink_to: Callable[[int, int], tuple[int, int]] | None = None, gray: bool = False) -> Decoded:
+    """Decode into an OpenCV-layout array with EXIF orientation applied, or raise a PixmillError.
+
+    shrink_to(height, width) may give the smallest (height, width) the caller needs of the whole
+    (oriented) image: a JPEG is then decoded at 1/2, 1/4 or 1/8 scale if that still covers it.
+    With gray, a colour JPEG so decoded at a reduced scale is decoded to the luma it stores (BT.601
+    weights, as grayscale uses)."""
+    info = probe(data, max_pixels=max_pixels)
+    transposed = info.orientation in (5, 6, 7, 8)
+    full = (info.width, info.height) if transposed else (info.height, info.width)
+    scale = 1
+    if info.format == "jpeg" and shrink_to is not None:
+        need_h, need_w = shrink_to(*full)
+        scale = jpeg_scale(info.height, info.width, *((need_w, need_h) if transposed else (need_h, need_w)))
+    if info.format == "jpeg":
+        image = _decode_jpeg(data, info, scale, gray=gray and scale > 1)
+    elif info.format == "png":
+        image = _decode_png(data)
+    elif info.format == "tiff" and info.bytes_per_pixel > MAX_BYTES_PER_PIXEL:  # 16-bit colour
+        image = _decode_opencv(data, "TIFF")
+    else:
+        image = _decode_pillow(data, info)
+    if image.shape[:2] != (-(-info.height // scale), -(-info.width // scale)):
+        raise CorruptImage(f"the header says {info.width}×{info.height} but the data holds "
+                           f"{image.shape[1] * scale}×{image.shape[0] * scale}")
+    notes = list(info.notes)
+    if info.animated:
+        notes.append("the file has several frames or pages: only the first was processed")
+    if info.orientation != 1:
+        image = _orient(image, info.orientation)
+        notes.append(f"EXIF orientation {info.orientation} applied")
+    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes, scale, full)
+
+
+def jpeg_scale(height: int, width: int, need_height: int, need_width: int) -> int:
+    """The largest of 8, 4 and 2 that a height×width JPEG can be decoded smaller by and still cover
+    need_height×need_width, or 1.  Both sides must divide by it: libjpeg rounds a scaled size up,
+    and the last column or row, standing for part of a block only, would stretch the picture when
+    resized (an edge at 80% of a 1001-px-wide image moved by 0.6 px in a 100-px thumbnail)."""
+    for scale in (8, 4, 2):
+        if (height % scale == 0 and width % scale == 0 and height // scale >= need_height
+                and width // scale >= need_width):
+            return scale
+    return 1
+
+
+def output_format(requested: str, source: str, *, lossy: bool = True) -> str:
+    """The format to write: the requested one, or for auto JPEG→JPEG, lossy WebP→WebP, the rest→PNG."""
+    if requested != "auto":
+        return requested
+    if source == "jpeg" or (source == "webp" and lossy):
+        return source
+    return "png"
+
+
+def encode(image: np.ndarray, fmt: str, *, quality: int = 90) -> tuple[bytes, list[str]]:
+    """Encode an OpenCV-layout array; returns the bytes and notes on any conversion."""
+    notes: list[str] = []
+    limit = MAX_SIDE.get(fmt)
+    if limit and max(image.shape[:2]) > limit:
+        raise ProcessingFailed(f"{fmt.upper()} images are at most {limit} pixels wide and high, and the result is "
+                               f"{image.shape[1]}×{image.shape[0]}; choose png or tiff output")
+    if fmt in ("jpeg", "webp") and image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+        notes.append(f"{fmt.upper()} holds 8 bits per channel: converted from 16-bit")
+    if fmt == "jpeg" and image.ndim == 3 and image.shape[2] == 4:
+        image = _flatten_alpha(image)
+        notes.append("JPEG has no transparency: composited on white")
+    params = {"jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality], "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
+              "png": [cv2.IMWRITE_PNG_COMPRESSION, 3], "tiff": []}[fmt]
+    ok, buffer = cv2.imencode("." + EXTENSIONS[fmt], image, params)
+    if not ok:
+        raise ProcessingFailed(f"the result could not be encoded as {fmt.upper()}")
+    return buffer.tobytes(), notes
+
+
+def _probe_png(data: bytes) -> ImageInfo:
+    try:
+        header = containers.read_png(data)
+    except containers.ChunkError as exc:
+        raise CorruptImage(f"the PNG is damaged: {exc}") from None
+    notes: list[str] = []
+    orientation = 1
+    if header.exif:
+        exif = Image.Exif()
+        orientation = _orientation(lambda: (exif.load(header.exif), exif)[1], notes)
+    channels = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}.get(header.color_type, 4)
+    depth = 2 if header.bit_depth == 16 else 1
+    return ImageInfo("png", header.width, header.height, "", header.animated, orientation, False, tuple(notes),
+                     channels * depth)
+
+
+def _probe_pillow(data: bytes, fmt: str) -> ImageInfo:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            mode, pillow_format = im.mode, im.format
+    except UnidentifiedImageError:
+        if fmt == "tiff":
+            raise UnsupportedFormat("this TIFF layout cannot be read (for example several planes, "
+                                    "an unusual compression or a damaged directory)") from None
+        raise CorruptImage(f"the {fmt.upper()} header is damaged and cannot be read") from None
+    except Exception as exc:
+        if isinstance(exc, (EOFError, struct.error)) or "truncated" in str(exc).lower():
+            raise CorruptImage(f"the {fmt.upper()} is truncated: the file ends inside its header") from None
+        raise CorruptImage(f"the {fmt.upper()} header is damaged ({_reason(exc)})") from None
+    if _PILLOW_FORMATS.get(pillow_format or "") != fmt:
+        raise UnsupportedFormat(f"not a supported image: the header is {pillow_format}; pixmill accepts {ACCEPTED}")
+    notes: list[str] = []
+    orientation = _orientation(im.getexif, notes)
+    try:
+        animated = bool(getattr(im, "is_animated", False))
+    except Exception:
+        animated = False
+    lossy = fmt == "jpeg" or (fmt == "webp" and containers.webp_is_lossy(data))
+    deep = fmt == "tiff" and _tiff_is_deep(im)
+    return ImageInfo(fmt, width, height, mode, animated, orientation, lossy, tuple(notes), 8 if deep else 4)
+
+
+def _orientation(read_exif, notes: list[str]) -> int:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = int(read_exif().get(_ORIENTATION_TAG, 1) or 1)
+    except Exception:
+        notes.append("EXIF metadata is unreadable; orientation ignored")
+        return 1
+    if value not in range(1, 9):
+        notes.append(f"EXIF orientation {value} is invalid; ignored")
+        return 1
+    return value
+
+
+def _decode_jpeg(data: bytes, info: ImageInfo, scale: int = 1, *, gray: bool = False) -> np.ndarray:
+    # libjpeg-turbo scales in the inverse DCT: the smallest of its sizes that is at least this one
+    size = {} if scale == 1 else {"min_height": -(-info.height // scale), "min_width": -(-info.width // scale)}
+    try:
+        if info.mode == "L" or (gray and info.mode == "RGB"):
+            return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, **size)[..., 0]
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size)
+    except ValueError as exc:
+        text = str(exc).strip()
+        if "premature end" in text.lower():
+            raise CorruptImage("the JPEG is truncated: its data ends early") from None
+        raise CorruptImage(f"the JPEG data is corrupt ({_reason(exc)})") from None
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    try:
+        clean = containers.clean_png(data)
+    except containers.ChunkError as exc:
+        raise CorruptImage(f"the PNG is damaged: {exc}") from None
+    return _decode_opencv(clean, "PNG")
+
+
+def _decode_opencv(data: bytes, label: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise CorruptImage(f"the {label} data is truncated or damaged and cannot be decoded")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise UnsupportedFormat(f"{label} with {image.dtype} samples is not supported; use 8 or 16 bits per channel")
+    if image.ndim == 3 and image.shape[2] == 2:
+        image = np.dstack([cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR), image[..., 1]])
+    return image
+
+
+def _decode_pillow(data: bytes, info: ImageInfo) -> np.ndarray:
+    problem = containers.bmp_rle_problem(data) if info.format == "bmp" else None
+    if problem:
+        raise CorruptImage(f"the BMP is damaged: {problem}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            im.load()
+            if info.format == "bmp" and im.mode == "P":
+                _check_palette(im)
+            return _pillow_to_array(im)
+    except CorruptImage:
+        raise
+    except MemoryError:
+        raise ImageTooLarge("the image needs more memory to decode than is allowed") from None
+    except Exception as exc:
+        raise CorruptImage(f"the {info.format.upper()} data is truncated or damaged ({_reason(exc)})") from None
+
+
+def _pillow_to_array(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(im.convert("I;16"), dtype=np.uint16)
+    if mode in ("I", "F"):
+        return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+    if mode == "1":
+        im = im.convert("L")
+    elif mode in ("P", "PA"):
+        im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
+    elif mode == "LA":
+        im = im.convert("RGBA")
+    elif mode not in ("L", "RGB", "RGBA"):
+        im = im.convert("RGB")
+    array = np.asarray(im)
+    if array.ndim == 2:
+        return array
+    return cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA if array.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+
+
+def _check_palette(im: Image.Image) -> None:
+    colors = len(im.getpalette() or ()) // 3
+    highest = int(np.asarray(im).max(initial=0))
+    if highest >= colors:
+        raise CorruptImage(f"the BMP is damaged: a pixel uses colour {highest} of a {colors}-colour palette")
+
+
+def _tiff_is_deep(im: Image.Image) -> bool:
+    """Whether an opened TIFF has 16-bit colour samples, which Pillow would cut to 8 bits."""
+    try:
+        bits = im.tag_v2.get(258, (8,))
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return max(bits) == 16 and len(bits) >= 3
+    except Exception:
+        return False
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation == 2:
+        return cv2.flip(image, 1)
+    if orientation == 3:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(image, 0)
+    if orientation == 5:
+        return cv2.transpose(image)
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(image), -1)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return image
+
+
+def _flatten_alpha(image: np.ndarray) -> np.ndarray:
+    alpha = image[..., 3:4].astype(np.float32) / 255.0
+    return (image[..., :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,13 @@
+"""The store, the only thing web processes and dispatchers share: jobs, tasks and their blobs.
+
+`Store` is the facade; the database, the blob folder and the commit signal are its parts, and
+jobs, open jobs and the task queue are collaborators it hands the database to.
+"""
+
+from __future__ import annotations
+
+from .facade import Store
+from .jobs import JOB_ENDED, ENDED, JobState, JobView, NewTask, TaskState, TaskView
+from .taskqueue import Claim, Finished
+
+__all__ = ["Store", "JobView", "NewTask", "JobState", "TaskState", "ENDED", "JOB_ENDED", "TaskView", "Claim", "Finished"]

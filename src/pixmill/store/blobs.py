@@ -1,0 +1,141 @@
+"""The blob folder: immutable files named by random keys, written by temp file, fsync and rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from ..errors import ImageTooLarge, NotFound, StorageFull
+
+__all__ = ["BlobFolder", "new_key", "valid_key", "human_size"]
+
+_KEY = re.compile(r"[0-9a-f]{32}\Z")
+CHUNK = 1024 * 1024
+
+
+def new_key() -> str:
+    """A fresh random blob key: 128 bits as 32 hex digits."""
+    return secrets.token_hex(16)
+
+
+def valid_key(key: str) -> bool:
+    """Whether key has the shape new_key gives (so it can never name a path outside the folder)."""
+    return isinstance(key, str) and bool(_KEY.match(key))
+
+
+class BlobFolder:
+    """Files under root/ab/abcd...; temporary files under root/tmp until they are complete."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """Where the blob with this key lives (NotFound for a malformed key)."""
+        if not valid_key(key):
+            raise NotFound(f"no such blob: {key!r}")
+        return self.root / key[:2] / key
+
+    def write_temp(self, source: bytes | BinaryIO, *, max_bytes: int | None,
+                   check: Callable[[int], None] = lambda size: None) -> tuple[Path, int]:
+        """Copy source to a fsynced temp file; check(size_so_far) may raise to stop. Returns (path, size)."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            _limit(len(source), max_bytes)
+            check(len(source))
+        tmp = self.tmp / f"{new_key()}.part"
+        size = 0
+        try:
+            with open(tmp, "xb") as f:
+                if isinstance(source, (bytes, bytearray, memoryview)):
+                    f.write(source)
+                    size = len(source)
+                else:
+                    while chunk := source.read(CHUNK):
+                        size += len(chunk)
+                        _limit(size, max_bytes)
+                        check(size)
+                        f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the disk that holds the data dir is full") from None
+            raise
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, size
+
+    def commit(self, tmp: Path, key: str) -> None:
+        """Move a complete (fsynced) temp file into place under key."""
+        final = self.path(key)
+        final.parent.mkdir(exist_ok=True)
+        # The bytes are on disk before the name appears, so no one ever sees a partial blob. The
+        # directory is not fsynced per blob: the rename reaches the disk with the file system's
+        # journal, as soon as anything is fsynced, like the database's own commits (synchronous=NORMAL).
+        os.replace(tmp, final)
+
+    def read(self, key: str) -> bytes:
+        """The blob's bytes (NotFound if it is gone)."""
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no such blob: {key}") from None
+
+    def delete(self, keys) -> None:
+        """Remove the files of these keys, ignoring those already gone."""
+        for key in keys:
+            if valid_key(key):
+                self.path(key).unlink(missing_ok=True)
+
+    def sweep_temp(self, older_than: float) -> int:
+        """Remove temp files left by crashed writers that are older than the given age in seconds."""
+        removed, limit = 0, time.time() - older_than
+        for tmp in self.tmp.glob("*.part"):
+            try:
+                if tmp.stat().st_mtime < limit:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def keys_older_than(self, seconds: float) -> list[str]:
+        """Keys of the blob files written more than the given number of seconds ago."""
+        limit, keys = time.time() - seconds, []
+        for folder in self.root.iterdir():
+            if folder == self.tmp or not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                try:
+                    if valid_key(entry.name) and entry.stat().st_mtime < limit:
+                        keys.append(entry.name)
+                except FileNotFoundError:
+                    pass
+        return keys
+
+    def free_bytes(self) -> int:
+        """Free space on the file system that holds the folder."""
+        return shutil.disk_usage(self.root).free
+
+
+def human_size(n: float) -> str:
+    """A byte count for people: 512 B, 3.2 MB, 10 GB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _limit(size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ImageTooLarge(f"the file is over the {human_size(max_bytes)} limit")

@@ -1,0 +1,246 @@
+"""The store's task queue: the state changes dispatchers make, each one method and one transaction.
+
+A claimed task is `running` with a lease held by one dispatcher. `attempts` counts the times a
+task was started; `crashes` counts the times a pool died while it was in flight. A task that was
+in flight during a crash is a suspect: dispatchers run suspects one at a time, alone, so the
+task that really kills workers is found and fails after `max_attempts`, while the others pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
+
+from .blobs import BlobFolder, new_key
+from ..config import Settings
+from ..errors import PixmillError
+from ..imaging.process import Output, Result
+
+__all__ = ["Claim", "Finished", "TaskQueue", "crash_message"]
+
+
+def crash_message(crashes: int) -> str:
+    """The error of a task that crashed its worker on every attempt."""
+    return f"worker crashed while processing this image ({crashes} attempts)"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task a dispatcher has claimed: what to run and on which input."""
+
+    id: int
+    job_id: str
+    n: int
+    name: str
+    pipeline: str
+    input_blob: str
+    output: Output
+    attempts: int
+    suspect: bool
+    claims: int = 0          # this claim's number: only its result may be stored (see complete_many)
+
+
+class Finished(NamedTuple):
+    """A held task's result to store: its id, the result, when it started and the claim it ran under."""
+
+    task_id: int
+    result: Result
+    started_at: float | None = None
+    claim: int | None = None   # Claim.claims; None: any claim by this dispatcher
+
+
+class TaskQueue:
+    """Mixin for Store: claiming, leasing and recording tasks."""
+
+    settings: Settings
+    blobs: BlobFolder
+    _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    _db: Callable[[], sqlite3.Connection]
+
+    def register_dispatcher(self, dispatcher_id: str, *, host: str, pid: int, pid_started: float | None,
+                            engine: str, workers: int) -> None:
+        """Record a dispatcher that has just started, for heartbeats and recovery."""
+        now = time.time()
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO dispatchers (id, host, pid, pid_started, engine, workers, "
+                       "started_at, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (dispatcher_id, host, pid, pid_started, engine, workers, now, now))
+
+    def claim(self, dispatcher_id: str, limit: int, *, busy: bool) -> list[Claim]:
+        """Lease up to `limit` queued tasks; a suspect only alone: not while busy, nothing beside it."""
+        if self._db().execute("SELECT 1 FROM tasks WHERE state = 'queued' LIMIT 1").fetchone() is None:
+            return []  # the common idle case, without taking the write lock
+        now = time.time()
+        with self._write() as db:
+            isolating = db.execute("SELECT 1 FROM tasks WHERE lease_owner = ? AND state = 'running' "
+                                   "AND crashes > 0", (dispatcher_id,)).fetchone()
+            suspect = db.execute("SELECT id FROM tasks WHERE state = 'queued' AND crashes > 0 "
+                                 "ORDER BY id LIMIT 1").fetchone()
+            if isolating:
+                ids = []
+            elif suspect is not None:
+                ids = [] if busy else [suspect[0]]
+            else:
+                ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE state = 'queued' AND crashes = 0 "
+                                                "ORDER BY id LIMIT ?", (limit,))]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            db.execute(f"UPDATE tasks SET state = 'running', attempts = attempts + 1, claims = claims + 1, "
+                       f"started_at = ?, lease_owner = ?, lease_expires = ? WHERE id IN ({marks})",
+                       (now, dispatcher_id, now + self.settings.lease_seconds, *ids))
+            rows = db.execute(f"SELECT t.*, j.output FROM tasks t JOIN jobs j ON j.id = t.job_id "
+                              f"WHERE t.id IN ({marks}) ORDER BY t.id", ids).fetchall()
+        return [Claim(id=r["id"], job_id=r["job_id"], n=r["n"], name=r["name"], pipeline=r["pipeline"],
+                      input_blob=r["input_blob"], output=output_from_json(r["output"]),
+                      attempts=r["attempts"], suspect=r["crashes"] > 0, claims=r["claims"]) for r in rows]
+
+    def renew(self, dispatcher_id: str, *, workers: int | None = None) -> set[int]:
+        """Extend the leases of this dispatcher's tasks and beat its heart; return the task ids it still holds."""
+        now = time.time()
+        with self._write() as db:
+            db.execute("UPDATE tasks SET lease_expires = ? WHERE lease_owner = ? AND state = 'running'",
+                       (now + self.settings.lease_seconds, dispatcher_id))
+            db.execute("UPDATE dispatchers SET heartbeat = ?, workers = COALESCE(?, workers) WHERE id = ?",
+                       (now, workers, dispatcher_id))
+            return {r[0] for r in db.execute("SELECT id FROM tasks WHERE lease_owner = ? AND state = 'running'",
+                                             (dispatcher_id,))}
+
+    def complete(self, dispatcher_id: str, task_id: int, result: Result, *, started_at: float | None = None,
+                 claim: int | None = None) -> bool:
+        """Store a held task's result blob and mark it done, in one transaction; False (and nothing stored)
+        if the task is no longer ours (cancelled, deleted, requeued, claimed again) or the result could
+        not be stored (the disk is full: the task fails instead)."""
+        return self.complete_many(dispatcher_id, [Finished(task_id, result, started_at, claim)])[0]
+
+    def complete_many(self, dispatcher_id: str, done: Iterable[tuple]) -> list[bool]:
+        """complete() for several held tasks (Finished, or tuples of its fields) in one transaction; a
+        result that cannot be stored (the disk is full) fails its task instead. True for each task marked done."""
+        done = [Finished(*item) for item in done]
+        written: list[tuple[Finished, Path, int, str]] = []
+        refused: list[tuple[int, str, float | None]] = []
+        try:
+            for item in done:
+                try:
+                    tmp, size = self.blobs.write_temp(item.result.data, max_bytes=None)
+                except PixmillError as exc:
+                    refused.append((item.task_id, f"could not store the result: {exc.message}", item.started_at))
+                    continue
+                written.append((item, tmp, size, new_key()))
+            recorded: set[int] = set()
+            now = time.time()
+            try:
+                with self._write() as db:
+                    for item, tmp, size, key in written:
+                        result = item.result
+                        cur = db.execute(
+                            "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, "
+                            "height = ?, notes = ?, error = NULL, started_at = COALESCE(?, started_at), "
+                            "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
+                            "WHERE id = ? AND lease_owner = ? AND state = 'running' AND claims = COALESCE(?, claims)",
+                            (key, result.format, result.width, result.height, json.dumps(list(result.notes)),
+                             item.started_at, now, item.task_id, dispatcher_id, item.claim))
+                        if cur.rowcount == 1:
+                            db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, now))
+                            self.blobs.commit(tmp, key)
+                            recorded.add(item.task_id)
+                    for task_id, error, started_at in refused:
+                        _fail(db, dispatcher_id, task_id, error, started_at)
+            except BaseException:
+                self.blobs.delete([key for *_, key in written])  # rolled back: nothing refers to them
+                raise
+            return [item.task_id in recorded for item in done]
+        finally:
+            for _, tmp, _, _ in written:
+                tmp.unlink(missing_ok=True)
+
+    def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:
+        """Mark a held task failed with a message for the user; False if it is no longer ours."""
+        with self._write() as db:
+            return _fail(db, dispatcher_id, task_id, error, started_at)
+
+    def release(self, dispatcher_id: str, task_ids: Iterable[int]) -> int:
+        """Put held tasks back in the queue without counting the attempt (a clean shutdown)."""
+        with self._write() as db:
+            return _release(db, dispatcher_id, list(task_ids))
+
+    def crashed(self, dispatcher_id: str, task_ids: Iterable[int]) -> int:
+        """Tasks in flight when the pool died: requeue as suspects, or fail those at max_attempts."""
+        ids = list(task_ids)
+        with self._write() as db:
+            return self._crash(db, f"lease_owner = ? AND id IN ({','.join('?' * len(ids))})",
+                               (dispatcher_id, *ids)) if ids else 0
+
+    def timed_out(self, dispatcher_id: str, task_id: int, error: str, others: Iterable[int]) -> None:
+        """Fail a runaway task and put the others the pool held back, uncounted, as the pool is ended."""
+        with self._write() as db:
+            db.execute("UPDATE tasks SET state = 'failed', error = ?, finished_at = ?, lease_owner = NULL, "
+                       "lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                       (error, time.time(), task_id, dispatcher_id))
+            _release(db, dispatcher_id, [i for i in others if i != task_id])
+
+    def requeue_dispatcher(self, dispatcher_id: str) -> int:
+        """A dispatcher died: requeue its tasks at once, counting the attempt, and mark it stopped."""
+        with self._write() as db:
+            db.execute("UPDATE dispatchers SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL",
+                       (time.time(), dispatcher_id))
+            return self._crash(db, "lease_owner = ? AND state = 'running'", (dispatcher_id,))
+
+    def recover_dead(self, host: str, is_dead: Callable[[int, float | None], bool]) -> int:
+        """Requeue the tasks of this host's dispatchers whose process is gone; return the tasks requeued."""
+        rows = self._db().execute("SELECT id, pid, pid_started FROM dispatchers WHERE host = ? "
+                                  "AND stopped_at IS NULL", (host,)).fetchall()
+        return sum(self.requeue_dispatcher(r["id"]) for r in rows if is_dead(r["pid"], r["pid_started"]))
+
+    def requeue_expired(self, *, now: float | None = None) -> int:
+        """Requeue running tasks whose lease ran out (their dispatcher died or hung), counting the attempt."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            return self._crash(db, "state = 'running' AND lease_expires < ?", (now,))
+
+    def stop_dispatcher(self, dispatcher_id: str) -> None:
+        """Record that a dispatcher stopped cleanly."""
+        with self._write() as db:
+            db.execute("UPDATE dispatchers SET stopped_at = ? WHERE id = ?", (time.time(), dispatcher_id))
+
+    def _crash(self, db: sqlite3.Connection, where: str, args: tuple) -> int:
+        # Every right-hand side reads the row as it was, so crashes + 1 is the new count throughout.
+        limit = self.settings.max_attempts
+        cur = db.execute(
+            f"UPDATE tasks SET crashes = crashes + 1, "
+            f"state = CASE WHEN crashes + 1 >= ? THEN 'failed' ELSE 'queued' END, "
+            f"error = CASE WHEN crashes + 1 >= ? THEN 'worker crashed while processing this image (' "
+            f"|| (crashes + 1) || ' attempts)' ELSE error END, "
+            f"finished_at = CASE WHEN crashes + 1 >= ? THEN ? ELSE NULL END, "
+            f"lease_owner = NULL, lease_expires = NULL WHERE state = 'running' AND {where}",
+            (limit, limit, limit, time.time(), *args))
+        return cur.rowcount
+
+
+def output_from_json(text: str) -> Output:
+    """The Output stored as JSON, ignoring fields this version does not know."""
+    known = {f.name for f in dataclasses.fields(Output)}
+    return Output(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+def _fail(db: sqlite3.Connection, dispatcher_id: str, task_id: int, error: str, started_at: float | None) -> bool:
+    cur = db.execute("UPDATE tasks SET state = 'failed', error = ?, started_at = COALESCE(?, started_at), "
+                     "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
+                     "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                     (error, started_at, time.time(), task_id, dispatcher_id))
+    return cur.rowcount == 1
+
+
+def _release(db: sqlite3.Connection, dispatcher_id: str, ids: list[int]) -> int:
+    if not ids:
+        return 0
+    cur = db.execute(f"UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL, "
+                     f"lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ? AND state = 'running' "
+                     f"AND id IN ({','.join('?' * len(ids))})", (dispatcher_id, *ids))
+    return cur.rowcount

@@ -1,0 +1,153 @@
+"""Run one pipeline over many image files in parallel and write the results beside each other."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..imaging import codec, containers
+from ..errors import ImageTooLarge, PixmillError
+from ..imaging.pipeline import Pipeline
+from ..imaging.process import Output, process
+
+__all__ = ["IMAGE_SUFFIXES", "Outcome", "BatchReport", "collect_inputs", "plan_targets", "run_batch"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".mpo"}
+
+
+@dataclass
+class Outcome:
+    """What became of one input: where its result went, or why it failed."""
+
+    source: Path
+    target: Path | None = None
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class BatchReport:
+    """Every outcome of a batch, and how long it took."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[Outcome]:
+        """The outcomes that failed."""
+        return [o for o in self.outcomes if o.error]
+
+    @property
+    def succeeded(self) -> list[Outcome]:
+        """The outcomes that wrote a result."""
+        return [o for o in self.outcomes if not o.error]
+
+
+def collect_inputs(paths: Iterable[Path]) -> list[Path]:
+    """The files named, plus the image files directly inside each directory named, without repeats."""
+    found: dict[Path, None] = {}
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
+                    found.setdefault(child.resolve(), None)
+        else:
+            found.setdefault(path.resolve(), None)
+    return list(found)
+
+
+def plan_targets(sources: list[Path], out_dir: Path, pipeline: Pipeline, output: Output) -> list[Path]:
+    """`name.<op-slug>.<ext>` in out_dir for each source: never an input, never the same twice."""
+    taken = {s.resolve() for s in sources}
+    targets = []
+    for source in sources:
+        fmt = output.format
+        if fmt == "auto":
+            fmt = _predicted_format(source)
+        stem, ext = f"{source.stem}.{pipeline.slug()}", codec.EXTENSIONS[fmt]
+        target, n = out_dir / f"{stem}.{ext}", 2
+        while target.resolve() in taken:
+            target, n = out_dir / f"{stem}-{n}.{ext}", n + 1
+        taken.add(target.resolve())
+        targets.append(target)
+    return targets
+
+
+def run_batch(sources: list[Path], pipeline: Pipeline, output: Output, out_dir: Path, executor: Executor, *,
+              workers: int, max_pixels: int, max_file_bytes: int,
+              on_done: Callable[[Outcome], None] = lambda outcome: None) -> BatchReport:
+    """Process every source on the executor, keeping a few tasks per worker in flight."""
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = deque(zip(sources, plan_targets(sources, out_dir, pipeline, output)))
+    running: dict[Future, tuple[Path, Path]] = {}
+    report = BatchReport()
+
+    def finish(outcome: Outcome) -> None:
+        report.outcomes.append(outcome)
+        on_done(outcome)
+
+    while todo or running:
+        while todo and len(running) < 2 * workers:
+            source, target = todo.popleft()
+            try:
+                data = _read_input(source, max_file_bytes)
+            except (OSError, PixmillError) as exc:
+                finish(Outcome(source, error=_describe(exc)))
+                continue
+            running[executor.submit(process, data, pipeline, output, max_pixels=max_pixels)] = (source, target)
+        if not running:
+            continue
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            source, target = running.pop(future)
+            finish(_record(future, source, target))
+    report.outcomes.sort(key=lambda o: sources.index(o.source))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _record(future: Future, source: Path, target: Path) -> Outcome:
+    try:
+        result = future.result()
+    except PixmillError as exc:
+        return Outcome(source, error=exc.message)
+    except BrokenProcessPool:
+        return Outcome(source, error="a worker process died while processing this image")
+    except Exception as exc:
+        return Outcome(source, error=f"{type(exc).__name__}: {exc}")
+    if target.suffix != "." + result.extension:  # the head of the file predicted another format
+        target = target.with_suffix("." + result.extension)
+    partial = target.with_name(target.name + ".part")
+    partial.write_bytes(result.data)
+    partial.replace(target)
+    return Outcome(source, target=target, notes=result.notes)
+
+
+def _read_input(path: Path, max_bytes: int) -> bytes:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ImageTooLarge(f"the file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit")
+    return path.read_bytes()
+
+
+def _predicted_format(path: Path) -> str:
+    """The format auto output will have, from the head of the file (WebP: lossy or lossless)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+        source = codec.sniff(head)
+    except (OSError, PixmillError):
+        return "png"
+    return codec.output_format("auto", source, lossy=source != "webp" or containers.webp_is_lossy(head))
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, PixmillError):
+        return exc.message
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)

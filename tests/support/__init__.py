@@ -1,0 +1,1 @@
+"""Helpers the tests share: clients, servers, test tasks, hostile files, idle measurements."""
