@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_photos  # noqa: E402
-
 from pixmill.config import Settings  # noqa: E402
 from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
 from pixmill.imaging.process import Output  # noqa: E402

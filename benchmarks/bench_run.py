@@ -25,11 +25,10 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, opencv_threads, timed, write_photos  # noqa: E402
-
-from pixmill.worker.batch import run_batch  # noqa: E402
-from pixmill.worker.engine import make_executor  # noqa: E402
 from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
 from pixmill.imaging.process import Output  # noqa: E402
+from pixmill.worker.batch import run_batch  # noqa: E402
+from pixmill.worker.engine import make_executor  # noqa: E402
 
 
 def baseline(paths: list[Path], out: Path) -> None:
@@ -80,12 +79,12 @@ def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5,
                 keep(f"loops{w}", concurrent_loops(paths, tmp, w))
             for w, pool in pools.items():
                 keep(f"steady{w}", timed(lambda: run_batch(
-                    paths, pipeline, Output(), tmp / f"s{w}", pool, workers=w,
+                    paths, pipeline, Output(), tmp / f"s{w}", pool, workers=w,  # noqa: B023 (run in this iteration)
                     max_pixels=100_000_000, max_file_bytes=50 << 20)))
                 if cli:
                     cmd = [sys.executable, "-m", "pixmill", "run", str(folder), "-p", "blur",
                            "-o", str(tmp / f"c{w}"), "--engine", engine, "-w", str(w)]
-                    keep(f"cli{w}", timed(lambda: subprocess.run(cmd, check=True, capture_output=True,
+                    keep(f"cli{w}", timed(lambda: subprocess.run(cmd, check=True, capture_output=True,  # noqa: B023 (run in this iteration)
                                                                  timeout=600, env=environment())))
     finally:
         for pool in pools.values():

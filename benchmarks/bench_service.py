@@ -28,14 +28,27 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (LeanClient, Server, cpu_seconds, environment, family, free_port, one_image_job,  # noqa: E402
-                    opencv_threads, per_image_ms, photo_like, roles, timed, wait_for, with_cpu)
-
-from pixmill.worker.batch import run_batch  # noqa: E402
-from pixmill.worker.engine import make_executor  # noqa: E402
+from common import (  # noqa: E402
+    LeanClient,
+    Server,
+    cpu_seconds,
+    environment,
+    family,
+    free_port,
+    one_image_job,
+    opencv_threads,
+    per_image_ms,
+    photo_like,
+    roles,
+    timed,
+    wait_for,
+    with_cpu,
+)
 from pixmill.errors import PixmillError  # noqa: E402
 from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
 from pixmill.imaging.process import Output, process  # noqa: E402
+from pixmill.worker.batch import run_batch  # noqa: E402
+from pixmill.worker.engine import make_executor  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "real"
 ORIGINAL_OPS = ["edge_detection", "color_inversion", "grayscale", "blur", "threshold", "resize"]
@@ -110,7 +123,7 @@ def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds:
             keep("pool", on_pool(tmp / f"pool{i}"))
             cmd = [sys.executable, "-m", "pixmill", "run", str(paths[0].parent), "-p", "blur",
                    "-o", str(tmp / f"cli{i}"), "-w", str(workers)]
-            keep("cli", timed(lambda: subprocess.run(cmd, check=True, capture_output=True, timeout=600,
+            keep("cli", timed(lambda: subprocess.run(cmd, check=True, capture_output=True, timeout=600,  # noqa: B023 (run in this iteration)
                                                      env=environment())))
     finally:
         pool.shutdown()

@@ -30,9 +30,20 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (LeanClient, Server, family, free_port, one_image_job, opencv_threads,  # noqa: E402
-                    per_image_ms, roles, stop_process, url_path, wait_for, with_cpu)
-
+from common import (  # noqa: E402
+    LeanClient,
+    Server,
+    family,
+    free_port,
+    one_image_job,
+    opencv_threads,
+    per_image_ms,
+    roles,
+    stop_process,
+    url_path,
+    wait_for,
+    with_cpu,
+)
 from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
 from pixmill.imaging.process import process  # noqa: E402
 
@@ -157,7 +168,7 @@ def compare(server: Server, paths: list[Path], tmp: Path, *, clients: int = 4, r
         for _ in range(rounds):
             drive("thumbor", "thumbor", lambda name: _thumbor_one(to_thumbor, name), list(files))
             for key, pipeline in PIPELINES.items():
-                drive(key, "pixmill", lambda name: _pixmill_one(to_pixmill, name, files[name], pipeline), list(files))
+                drive(key, "pixmill", lambda name: _pixmill_one(to_pixmill, name, files[name], pipeline), list(files))  # noqa: B023 (run in this iteration)
             drive("batched", "pixmill", lambda names: _pixmill_batch(to_pixmill, names, files, PIPELINES["thumbnail"]),
                   shares)
         version = subprocess.run([str(VENV / "bin" / "thumbor"), "--version"], capture_output=True, text=True,

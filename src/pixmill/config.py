@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Settings", "load_settings"]
 
@@ -34,7 +35,7 @@ class Settings:
     api_tokens: tuple[str, ...] = field(default=())  # empty: no tokens needed
     threads: int = 8                          # waitress threads
 
-    def with_overrides(self, **values: Any) -> "Settings":
+    def with_overrides(self, **values: Any) -> Settings:
         """A copy with the given values, ignoring those that are None."""
         return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from support.hostile import png
-from pixmill.imaging import codec
 from pixmill.errors import CorruptImage, ImageTooLarge, PixmillError, UnsupportedFormat
+from pixmill.imaging import codec
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
+from support.hostile import png
 
 REAL = Path(__file__).parents[1] / "data" / "real"
 LIMIT = 100_000_000

@@ -160,7 +160,8 @@ def test_pipelines_are_values():
 
 
 def test_huge_json_number_is_invalid_pipeline():
-    assert "ksize must be an odd integer in 1..99" in error_of('[{"op": "blur", "params": {"ksize": 1' + "0" * 400 + "}}]")
+    huge = '[{"op": "blur", "params": {"ksize": 1' + "0" * 400 + "}}]"
+    assert "ksize must be an odd integer in 1..99" in error_of(huge)
 
 
 def test_deeply_nested_json_is_invalid_pipeline():

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixmill.imaging import codec
 from pixmill import errors
 from pixmill.errors import ImageTooLarge, PixmillError, UnsupportedFormat
+from pixmill.imaging import codec
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, Result, process
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixmill.imaging import codec
 from pixmill.errors import CorruptImage, ImageTooLarge
+from pixmill.imaging import codec
 from pixmill.imaging.ops import classic, get_operation
 from pixmill.imaging.pipeline import parse_pipeline, run_pipeline
 from pixmill.imaging.process import Output, process
@@ -84,14 +84,14 @@ def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
     return image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def generated_jpeg(width: int = 1920, height: int = 1080, quality: int = 90) -> bytes:
     ok, buffer = cv2.imencode(".jpg", photo_like(width, height), [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buffer.tobytes()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oriented_jpeg(orientation: int) -> bytes:
     """A 640×360 photo-like JPEG whose EXIF says how to turn it for viewing."""
     rgb = cv2.cvtColor(photo_like(640, 360, seed=orientation), cv2.COLOR_BGR2RGB)
@@ -193,7 +193,9 @@ def test_grayscale_after_a_shrunk_thumbnail_is_left_to_the_decoder(monkeypatch):
 
 def test_the_decoders_luma_matches_grayscale_of_its_colour():
     data = generated_jpeg()
-    need = lambda h, w: (h // 4, w // 4)
+    def need(h: int, w: int) -> tuple[int, int]:
+        return h // 4, w // 4
+
     luma = codec.decode(data, max_pixels=LIMIT, shrink_to=need, gray=True)
     colour = codec.decode(data, max_pixels=LIMIT, shrink_to=need)
     assert luma.scale == colour.scale == 4
@@ -300,7 +302,7 @@ def test_decode_at_each_scale_gives_the_divided_size():
     data = generated_jpeg(1000, 600)
     for scale in (8, 4, 2, 1):
         need = (600 // scale, 1000 // scale)
-        decoded = codec.decode(data, max_pixels=LIMIT, shrink_to=lambda h, w: need)
+        decoded = codec.decode(data, max_pixels=LIMIT, shrink_to=lambda h, w: need)  # noqa: B023 (run in this iteration)
         assert decoded.scale == scale and decoded.image.shape == need + (3,)
         assert decoded.full_shape == (600, 1000)
     odd = codec.decode(generated_jpeg(1001, 601), max_pixels=LIMIT, shrink_to=lambda h, w: (1, 1))

@@ -13,17 +13,17 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from pixmill.config import Settings
-from pixmill.store.dbwatch import CommitSignal, DbWatch, signal_path
 from pixmill.errors import InvalidRequest, NotFound
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, Result
 from pixmill.store import NewTask, Store
+from pixmill.store.dbwatch import CommitSignal, DbWatch, signal_path
 
 GRAY = parse_pipeline("grayscale")
 
@@ -143,7 +143,7 @@ def test_a_woken_watcher_sees_the_commit(store: Store, watch: DbWatch):
     for _ in range(20):
         task = NewTask("a.png", GRAY, store.put_blob(b"x"), "png")
         watch.changed()                                  # only the job's own commit is waited for
-        writer = later(0.01, lambda: store.create_job([task], Output()))
+        writer = later(0.01, lambda: store.create_job([task], Output()))  # noqa: B023 (run in this iteration)
         assert signalled_within(watch, 5.0) is not None
         found.append(len(store.list_jobs(limit=100)))
         writer.join(5)

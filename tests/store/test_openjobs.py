@@ -12,19 +12,19 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from pixmill.imaging import codec
-from pixmill.store import schema
 from pixmill.config import Settings
 from pixmill.errors import ImageTooLarge, InvalidRequest, NotFound, UnsupportedFormat
+from pixmill.imaging import codec
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, Result, process
+from pixmill.store import schema
 from pixmill.store.facade import ORPHAN_GRACE, NewTask, Store, TaskState
 from pixmill.web.jobstart import JobStart
 from pixmill.web.uploads import read_upload

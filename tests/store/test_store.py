@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pixmill.store import schema
 from pixmill.config import Settings
 from pixmill.errors import ImageTooLarge, InvalidRequest, NotFound, PixmillError, StorageFull
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, Result
-from pixmill.store import JobView, NewTask, Store, TaskState
+from pixmill.store import JobView, NewTask, Store, TaskState, schema
 from pixmill.store.taskqueue import crash_message
 
 GRAY = parse_pipeline("grayscale")

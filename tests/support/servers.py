@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from io import BytesIO
 from pathlib import Path
-from typing import Iterator
 
 import psutil
-import pytest
 import requests
-
-from pixmill.imaging import codec
-from pixmill.errors import PixmillError
-from pixmill.imaging.pipeline import parse_pipeline
-from pixmill.imaging.process import Output, process
 
 REAL = Path(__file__).parents[1] / "data" / "real"
 HOSTILE_DIR = Path(__file__).parents[1] / "data" / "hostile_real"

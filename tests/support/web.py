@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 import threading
 import time
-import zipfile
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
-
-import cv2
-import numpy as np
-import pytest
 
 from flask.testing import FlaskClient
 
-from pixmill.imaging import codec
 from pixmill.config import Settings
-from pixmill.errors import ImageTooLarge
+from pixmill.store import Store
 from pixmill.worker.dispatcher import Dispatcher
 from pixmill.worker.engine import make_executor
-from pixmill.imaging.ops import operations
-from pixmill.imaging.pipeline import parse_pipeline
-from pixmill.imaging.process import Output, process
-from pixmill.store import Store
-from pixmill.web import create_app
-from pixmill.web.events import job_events
 
 REAL = Path(__file__).parents[1] / "data" / "real"
 HOSTILE = Path(__file__).parents[1] / "data" / "hostile_real"

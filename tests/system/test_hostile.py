@@ -101,7 +101,8 @@ REAL_EXPECT: dict[str, Ok | Refused] = {
         "crash-ccca68ff40171fdae983d924e127a721cab2bd50.j2k", "crash-d2c93af851d3ab9a19e34503626368b2ecde9c03.j2k")},
     **{name: PSD for name in (
         "timeout-1ee28a249896e05b83840ae8140622de8e648ba9.psd", "timeout-598843abc37fc080ec36a2699ebbd44f795d3a6f.psd",
-        "timeout-c8efc3fded6426986ba867a399791bae544f59bc.psd", "timeout-dedc7a4ebd856d79b4359bbcc79e8ef231ce38f6.psd")},
+        "timeout-c8efc3fded6426986ba867a399791bae544f59bc.psd",
+        "timeout-dedc7a4ebd856d79b4359bbcc79e8ef231ce38f6.psd")},
     "decompression_bomb.ico": refused(UNSUPPORTED, words=("ICO",)),
     # GIF
     "decompression_bomb.gif": refused(TOO_LARGE, words=("limit",)),   # a frame far beyond its 32×32 screen

@@ -11,19 +11,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import psutil
 import pytest
 
-from support.idle import measure
-from support.jobs_tasks import CRASH, HANG, make_png
 from pixmill.config import Settings
-from pixmill.worker.engine import FAST_SECONDS, WARM_SECONDS
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
 from pixmill.store import JobView, NewTask, Store, TaskState
+from pixmill.worker.engine import FAST_SECONDS, WARM_SECONDS
+from support.idle import measure
+from support.jobs_tasks import CRASH, HANG, make_png
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
@@ -169,7 +169,8 @@ def test_killing_the_dispatcher_mid_job_then_starting_again_completes_it(store: 
     assert stranded > 0 and sum(t.attempts > 1 for t in after.tasks) >= stranded
 
 
-def test_a_task_crashing_its_mpi_worker_fails_after_three_attempts_and_a_runaway_times_out(store: Store, settings: Settings):
+def test_a_task_crashing_its_mpi_worker_fails_after_three_attempts_and_a_runaway_times_out(store: Store,
+                                                                                            settings: Settings):
     settings = Settings(**{**settings.__dict__, "task_timeout": 4.0})
     images = [make_png(i, marker={5: CRASH, 14: HANG}.get(i)) for i in range(20)]
     job = submit_job(store, images)

@@ -1,13 +1,14 @@
 """Faults against a real `pixmill serve` on 127.0.0.1: kill -9 a worker, the dispatcher, the whole service.
 
 For each seed (three on MPI workers, one on the local process pool), three 100-image jobs (64×64
-PNGs) go in through the API. At a random point of the first a worker is SIGKILLed, of the second the dispatcher, of the third the whole service
-(web process, dispatcher and workers at once); then the service is started again on the same data
-dir. Every accepted job must complete, each result byte-identical to process() run in-process
-(what a run without faults gives: the worker path is byte-identical to it, see
-test_web_server.py). Then retention runs, and the blob folder must hold exactly the blobs the
-database knows, each referenced by a task: no orphan. Finally a small quota: new jobs get 507,
-nothing is stored for them, and the database and the jobs already accepted are unharmed.
+PNGs) go in through the API. At a random point of the first a worker is SIGKILLed, of the second the
+dispatcher, of the third the whole service (web process, dispatcher and workers at once); then the
+service is started again on the same data dir. Every accepted job must complete, each result
+byte-identical to process() run in-process (what a run without faults gives: the worker path is
+byte-identical to it, see tests/system/test_web_server.py). Then retention runs, and the blob folder
+must hold exactly the blobs the database knows, each referenced by a task: no orphan. Finally a
+small quota: new jobs get 507, nothing is stored for them, and the database and the jobs already
+accepted are unharmed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import psutil
 import pytest
 import requests
 
-from support.jobs_tasks import make_png
 from pixmill.config import Settings
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
 from pixmill.store.facade import ORPHAN_GRACE, Store
+from support.jobs_tasks import make_png
 from support.servers import Server, _descendants, running_server, wait_for
 
 PIPELINE = "grayscale | blur(ksize=5) | threshold(mode=otsu)"
@@ -106,7 +107,8 @@ def assert_no_orphans(settings: Settings) -> None:
         used = {k for row in db.execute("SELECT input_blob, result_blob FROM tasks") for k in row if k}
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     files = blob_files(settings.data_dir)
-    assert files == rows, f"files without rows: {sorted(files - rows)[:5]}; rows without files: {sorted(rows - files)[:5]}"
+    assert files == rows, (f"files without rows: {sorted(files - rows)[:5]}; "
+                           f"rows without files: {sorted(rows - files)[:5]}")
     assert rows == used, f"blobs no task refers to: {sorted(rows - used)[:5]}"
 
 
@@ -181,7 +183,7 @@ def test_a_full_quota_refuses_new_jobs_with_507_and_corrupts_nothing(tmp_path):
         first = submit(server, images, "first")
         job = wait_done(server, first)        # results of an accepted job are still written, over quota
         refused = []
-        for attempt in range(3):
+        for _ in range(3):
             before = blob_files(settings.data_dir)
             response = server.post("/api/v1/jobs", files=[("files", (f"more{i}.png", d)) for i, d in enumerate(images)],
                                    data={"pipeline": PIPELINE})

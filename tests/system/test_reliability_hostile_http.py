@@ -16,18 +16,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
+from test_hostile import EXTRA_EXPECT, GENERATED_EXPECT, REAL_EXPECT, Ok
 
-from support import hostile
 from pixmill.config import Settings
 from pixmill.store import Store
 from pixmill.web import create_app
-from test_hostile import EXTRA_EXPECT, GENERATED_EXPECT, REAL_EXPECT, Ok
+from support import hostile
 from support.servers import Server, running_server
 from support.web import make_client
 
@@ -65,7 +65,7 @@ class HealthProbe:
         self.seen: list[tuple[int, float]] = []
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      start_new_session=True)
         return self
@@ -289,7 +289,8 @@ def test_malformed_http_never_gets_a_5xx_or_leaves_anything_behind(tmp_path):
             answers["bad request line"] = exchange(url, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             answers["huge header"] = exchange(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: "
                                               + b"a" * 300_000 + b"\r\n\r\n")
-            answers["body over the limit"] = exchange(url, post_head("/api/v1/jobs", 5 * limit) + b"--" + BOUNDARY.encode())
+            over = post_head("/api/v1/jobs", 5 * limit) + b"--" + BOUNDARY.encode()
+            answers["body over the limit"] = exchange(url, over)
             big = form([("files", "big.png", bytes(3 * limit)), ("pipeline", None, b"blur")])
             chunked = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 65536]), big[i:i + 65536])
                                for i in range(0, len(big), 65536)) + b"0\r\n\r\n"
@@ -301,7 +302,8 @@ def test_malformed_http_never_gets_a_5xx_or_leaves_anything_behind(tmp_path):
             fields = form([("x", None, b"y")] * 20000 + [("files", "a.png", image)])
             answers["20000 fields"] = exchange(url, post_head("/upload", len(fields)) + fields)
             answers["no boundary"] = exchange(url, b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                                              b"multipart/form-data\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd")
+                                              b"multipart/form-data\r\nContent-Length: 4\r\n"
+                                              b"Connection: close\r\n\r\nabcd")
             for _ in range(20):                             # uploads cut off half way
                 exchange(url, post_head("/api/v1/jobs", len(body)) + body[: len(body) // 2], read=False)
             ok = server.post("/api/v1/jobs", files=[("files", ("a.png", image))], data={"pipeline": "blur"})

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from support.jobs_tasks import make_png
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
+from support.jobs_tasks import make_png
 from support.servers import ORIGINAL_OPS, running_server
 
 CLIENTS = 50

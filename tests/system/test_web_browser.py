@@ -7,8 +7,8 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -124,8 +124,10 @@ def test_three_images_with_different_operations_to_a_zip(page: Page, server: Ser
     expect(page.locator("#gallery .result.done")).to_have_count(3)
     after = page.locator("#gallery .result img").nth(1)
     expect(after).to_have_attribute("alt", "Result of grayscale on sk_camera.png")
-    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0)")
-    sizes = page.eval_on_selector_all("#gallery .result", "rs => rs.map(r => r.querySelectorAll('figcaption')[1].textContent)")
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    sizes = page.eval_on_selector_all("#gallery .result",
+                                      "rs => rs.map(r => r.querySelectorAll('figcaption')[1].textContent)")
     assert sizes == ["After (512×512, PNG)", "After (640×427, PNG)", "After (32×32, PNG)"]
 
     with page.expect_download() as download:

@@ -6,26 +6,28 @@ import itertools
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 import zipfile
-from contextlib import contextmanager
+from collections.abc import Iterator
 from io import BytesIO
-from pathlib import Path
-from typing import Iterator
 
-import psutil
 import pytest
 import requests
 
-from pixmill.imaging import codec
 from pixmill.errors import PixmillError
+from pixmill.imaging import codec
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
-
-from support.servers import (HOSTILE_DIR, ORIGINAL_OPS, REAL, Server, _cmdline, _descendants, _died, _healthy,
-                             _kill_all, alive, running_server, stop_server, wait_for)
+from support.servers import (
+    ORIGINAL_OPS,
+    REAL,
+    Server,
+    _descendants,
+    _healthy,
+    alive,
+    running_server,
+    stop_server,
+    wait_for,
+)
 
 
 def expected(name: str, spec: str) -> bytes | str:
@@ -81,7 +83,7 @@ def test_original_form_processes_the_corpus_on_mpi_workers(mpi_server):
         assert refused.status_code == 415 and name in refused.json()["message"]
 
     for name, op, url in zip(CORPUS, ops, body["processed_files"]):
-        answer = wait_for(lambda: fetch(url), 300, f"{name} to be processed")
+        answer = wait_for(lambda: fetch(url), 300, f"{name} to be processed")  # noqa: B023 (run in this iteration)
         want = expected(name, op)
         if isinstance(want, bytes):
             assert answer.status_code == 200, f"{name}: {answer.text}"

@@ -5,33 +5,35 @@ from __future__ import annotations
 import io
 import json
 import re
-import threading
-import time
 import zipfile
-from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from flask.testing import FlaskClient
-
-from pixmill.imaging import codec
 from pixmill.config import Settings
 from pixmill.errors import ImageTooLarge
-from pixmill.worker.dispatcher import Dispatcher
-from pixmill.worker.engine import make_executor
+from pixmill.imaging import codec
 from pixmill.imaging.ops import operations
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
 from pixmill.store import Store
 from pixmill.web import create_app
 from pixmill.web.events import job_events
-
-from support.web import (BufferedClient, EMPTY_FILE, HOSTILE, MB, RAW_BOUNDARY, REAL, assert_error, dispatcher,
-                         files, make_client, path_of, post_job, stored_blobs, wait_job)
+from support.web import (
+    EMPTY_FILE,
+    HOSTILE,
+    REAL,
+    assert_error,
+    dispatcher,
+    files,
+    make_client,
+    path_of,
+    post_job,
+    stored_blobs,
+    wait_job,
+)
 
 # ---- the catalogue, the documents, the page
 
@@ -323,7 +325,7 @@ def test_full_quota_is_507_and_stores_nothing(store):
 
 @pytest.mark.parametrize("body, content_type", [
     (json.dumps({"files": []}), "application/json"),
-    (b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n\x89PNG", 
+    (b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n\x89PNG",
      "multipart/form-data; boundary=xyz"),
 ])
 def test_malformed_bodies_are_400(client, settings, body, content_type):

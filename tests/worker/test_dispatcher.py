@@ -8,20 +8,20 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
 
-from support.jobs_tasks import CRASH, HANG, SLOW, make_png, misbehaving_process, slow_process
 from pixmill.cli.jobs import status, submit
 from pixmill.config import Settings
-from pixmill.worker.dispatcher import STOPPED, Dispatcher
-from pixmill.worker.engine import make_executor
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
 from pixmill.store import JobView, NewTask, Store, TaskState
+from pixmill.worker.dispatcher import STOPPED, Dispatcher
+from pixmill.worker.engine import make_executor
+from support.jobs_tasks import CRASH, HANG, SLOW, make_png, misbehaving_process, slow_process
 
 PIPELINE = parse_pipeline("grayscale | blur(ksize=5)")
 WAIT = 90.0
@@ -186,5 +186,6 @@ def test_submit_refuses_a_bad_file_and_queues_nothing(store: Store, settings: Se
     result = CliRunner().invoke(submit, [str(good), str(bad), "-p", "grayscale", "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 2 and "bad.png" in result.output and "nothing was queued" in result.output
     assert store.list_jobs() == [] and store.blob_usage() == 0
-    bad_pipeline = CliRunner().invoke(submit, [str(good), "-p", "grayscale | nope", "--data-dir", str(settings.data_dir)])
+    bad_pipeline = CliRunner().invoke(submit, [str(good), "-p", "grayscale | nope",
+                                               "--data-dir", str(settings.data_dir)])
     assert bad_pipeline.exit_code == 2 and "step 2" in bad_pipeline.output

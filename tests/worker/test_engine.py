@@ -7,10 +7,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support.idle import measure
-from pixmill.worker.engine import FAST_SECONDS, WARM_SECONDS, make_executor, threads_per_worker
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
+from pixmill.worker.engine import FAST_SECONDS, WARM_SECONDS, make_executor, threads_per_worker
+from support.idle import measure
 
 REAL = Path(__file__).parents[1] / "data" / "real"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pixmill.worker import recorder as recorder_module
 from pixmill.config import Settings
-from pixmill.worker.dispatcher import Dispatcher
 from pixmill.errors import StorageFull
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, Result
-from pixmill.worker.recorder import Recorder
 from pixmill.store import JobView, NewTask, Store, TaskState
+from pixmill.worker import recorder as recorder_module
+from pixmill.worker.dispatcher import Dispatcher
+from pixmill.worker.recorder import Recorder
 
 GRAY = parse_pipeline("grayscale")
 FULL = "the disk that holds the data dir is full"

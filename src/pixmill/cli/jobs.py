@@ -89,8 +89,8 @@ def submit(images: tuple[Path, ...], spec: str, fmt: str, quality: int, data_dir
            timeout: float | None, out_dir: Path | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
-    from ..worker.batch import collect_inputs
     from ..store import NewTask, Store
+    from ..worker.batch import collect_inputs
 
     settings = load_settings(data_dir=data_dir)
     try:

@@ -43,8 +43,8 @@ def run_server(settings: Settings) -> None:
     import waitress
 
     from ..store import Store
-    from ..worker.supervisor import Supervisor
     from ..web import create_app
+    from ..worker.supervisor import Supervisor
 
     store = Store.open(settings)
     app = create_app(settings, store)

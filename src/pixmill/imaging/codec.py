@@ -12,16 +12,16 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from . import containers
 from ..errors import CorruptImage, ImageTooLarge, ProcessingFailed, UnsupportedFormat
+from . import containers
 
 __all__ = ["FORMATS", "MEDIA_TYPES", "EXTENSIONS", "ImageInfo", "Decoded",
            "sniff", "probe", "decode", "encode", "output_format", "jpeg_scale"]

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import cv2
 
-from . import codec
 from ..errors import PixmillError, ProcessingFailed
+from . import codec
 from .ops import get_operation
 from .pipeline import Pipeline, run_pipeline
 

@@ -7,7 +7,8 @@ jobs, open jobs and the task queue are collaborators it hands the database to.
 from __future__ import annotations
 
 from .facade import Store
-from .jobs import JOB_ENDED, ENDED, JobState, JobView, NewTask, TaskState, TaskView
+from .jobs import ENDED, JOB_ENDED, JobState, JobView, NewTask, TaskState, TaskView
 from .taskqueue import Claim, Finished
 
-__all__ = ["Store", "JobView", "NewTask", "JobState", "TaskState", "ENDED", "JOB_ENDED", "TaskView", "Claim", "Finished"]
+__all__ = ["Store", "JobView", "NewTask", "JobState", "TaskState", "ENDED", "JOB_ENDED", "TaskView", "Claim",
+           "Finished"]

@@ -14,17 +14,18 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-from .blobs import BlobFolder, human_size, new_key
 from ..config import Settings
-from .dbwatch import CommitSignal
 from ..errors import InvalidRequest, NotFound, StorageFull
+from ..imaging.process import Output
+from .blobs import BlobFolder, human_size, new_key
+from .dbwatch import CommitSignal
 from .jobs import JobView, NewTask, TaskState, TaskView, job_view
 from .openjobs import OpenJobs, insert_tasks
-from ..imaging.process import Output
 from .schema import migrate, select_in
 from .taskqueue import TaskQueue
 
@@ -46,7 +47,7 @@ class Store(TaskQueue, OpenJobs):
         self._signal = CommitSignal(settings.db_path)   # wakes watchers (dispatchers, long polls)
 
     @classmethod
-    def open(cls, settings: Settings) -> "Store":
+    def open(cls, settings: Settings) -> Store:
         """Open the store in settings.data_dir, creating and migrating it as needed."""
         # An absolute path: the web server hands blob paths to send_file, which would resolve a
         # relative one against the package folder, not the working directory.
@@ -68,7 +69,7 @@ class Store(TaskQueue, OpenJobs):
         self._local = threading.local()
         self._signal.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -193,7 +194,8 @@ class Store(TaskQueue, OpenJobs):
         """Delete jobs older than the TTL with their blobs, and stale orphan uploads; return the jobs deleted."""
         now = time.time() if now is None else now
         with self._write() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE created_at < ? OR (sealed = 0 AND created_at < ?)",
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE created_at < ? "
+                                            "OR (sealed = 0 AND created_at < ?)",
                                             (now - self.settings.ttl_seconds, now - ORPHAN_GRACE))]
             keys = self._delete_jobs(db, ids)
             orphans = [r[0] for r in db.execute(

@@ -19,13 +19,13 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Callable
 
-from .blobs import BlobFolder
 from ..errors import InvalidRequest, NotFound
-from .jobs import JobView, NewTask
 from ..imaging.process import Output
+from .blobs import BlobFolder
+from .jobs import JobView, NewTask
 from .schema import select_in
 
 __all__ = ["OpenJobs", "insert_tasks"]

@@ -12,15 +12,16 @@ import dataclasses
 import json
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
-from .blobs import BlobFolder, new_key
 from ..config import Settings
 from ..errors import PixmillError
 from ..imaging.process import Output, Result
+from .blobs import BlobFolder, new_key
 
 __all__ = ["Claim", "Finished", "TaskQueue", "crash_message"]
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from apiflask import APIBlueprint
 from flask import Flask, Response, current_app, request, send_file, stream_with_context, url_for
 
-from ..imaging.codec import EXTENSIONS, MEDIA_TYPES
 from ..errors import ImageTooLarge, NotFound, PixmillError
+from ..imaging.codec import EXTENSIONS, MEDIA_TYPES
 from ..imaging.ops import catalogue
 from ..store import JobView, TaskView
 from .archive import pipeline_slug, stream_archive
@@ -65,7 +65,7 @@ class _Slot:
     def __init__(self, stream: Iterator[str], release: Callable[[], None]) -> None:
         self.stream, self.release, self.released = stream, release, False
 
-    def __iter__(self) -> "_Slot":
+    def __iter__(self) -> _Slot:
         return self
 
     def __next__(self) -> str:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 
-from ..imaging.codec import EXTENSIONS
 from ..errors import PixmillError
+from ..imaging.codec import EXTENSIONS
 from ..imaging.pipeline import parse_pipeline
 from ..store import JobView, Store
 from .security import download_name

@@ -8,9 +8,8 @@ whole, at the end, as before.
 
 from __future__ import annotations
 
-from ..store import JobView, NewTask
 from ..imaging.process import Output
-from ..store import Store
+from ..store import JobView, NewTask, Store
 
 __all__ = ["JobStart"]
 

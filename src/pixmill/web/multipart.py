@@ -9,8 +9,8 @@ image, 0.3 ms with python-multipart (2-core development VM).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser

@@ -8,14 +8,15 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from werkzeug.http import parse_options_header
 
-from ..imaging import codec
 from ..config import Settings
 from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidRequest, PixmillError
+from ..imaging import codec
 from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import OUTPUT_FORMATS, Output
 from ..store import NewTask, Store
@@ -103,7 +104,7 @@ class _Reader:
                                 f"per-request limit")
         return chunk
 
-    def _take_field(self, name: str, part: "_PartReader") -> None:
+    def _take_field(self, name: str, part: _PartReader) -> None:
         value = part.read(MAX_FIELD_BYTES + 1)
         if len(value) > MAX_FIELD_BYTES or not part.eof:
             raise InvalidRequest(f"form field {name!r} is over the {human_bytes(MAX_FIELD_BYTES)} limit")
@@ -120,7 +121,7 @@ class _Reader:
         if name in ("operations", "pipeline"):
             self._offer()
 
-    def _take_file(self, event: multipart.Part, part: "_PartReader") -> None:
+    def _take_file(self, event: multipart.Part, part: _PartReader) -> None:
         filename = event.filename or ""
         head = part.read(HEAD_BYTES)
         if not head and part.eof and not filename:

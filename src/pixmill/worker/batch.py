@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
-from ..imaging import codec, containers
 from ..errors import ImageTooLarge, PixmillError
+from ..imaging import codec, containers
 from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output, process
 

@@ -18,21 +18,27 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Executor, Future, ProcessPoolExecutor, wait
-from concurrent.futures import BrokenExecutor
+from collections.abc import Callable
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    BrokenExecutor,
+    CancelledError,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass
-from typing import Callable
 
 import psutil
 
 from ..config import Settings, load_settings
-from ..store.dbwatch import DbWatch, Doorbell
 from ..errors import PixmillError, TaskTimeout
 from ..imaging.pipeline import parse_pipeline
 from ..imaging.process import Result, process
+from ..store import Claim, Store
+from ..store.dbwatch import DbWatch, Doorbell
 from .recorder import Recorder
-from ..store import Store
-from ..store import Claim
 
 __all__ = ["Dispatcher", "STOPPED", "RESTART", "EXIT_RESTART", "process_is_dead", "run_dispatcher", "load_task"]
 

@@ -14,8 +14,7 @@ import queue
 import threading
 
 from ..imaging.process import Result
-from ..store import Store
-from ..store import Finished
+from ..store import Finished, Store
 
 __all__ = ["Recorder"]
 

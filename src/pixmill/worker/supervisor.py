@@ -19,8 +19,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..config import Settings
-from .dispatcher import EXIT_RESTART
 from ..store import Store
+from .dispatcher import EXIT_RESTART
 
 __all__ = ["Supervisor", "settings_environment"]
 
