@@ -56,15 +56,16 @@ def new_tasks(store: Store, count: int, *, first: int = 0) -> list[NewTask]:
 
 
 def rows(store: Store, table: str) -> int:
-    return store._db().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    return store.database.connection().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 def task_numbers(store: Store, job_id: str) -> list[int]:
-    return [r[0] for r in store._db().execute("SELECT n FROM tasks WHERE job_id = ? ORDER BY n", (job_id,))]
+    rows = store.database.connection().execute("SELECT n FROM tasks WHERE job_id = ? ORDER BY n", (job_id,))
+    return [r[0] for r in rows]
 
 
 def blob_rows(store: Store) -> set[str]:
-    return {r[0] for r in store._db().execute("SELECT key FROM blobs")}
+    return {r[0] for r in store.database.connection().execute("SELECT key FROM blobs")}
 
 
 def blob_files(store: Store) -> set[str]:
@@ -79,7 +80,7 @@ def assert_nothing_stored(store: Store, settings: Settings) -> None:
 
 
 def open_job_ids(store: Store) -> list[str]:
-    return [r[0] for r in store._db().execute("SELECT id FROM jobs WHERE sealed = 0")]
+    return [r[0] for r in store.database.connection().execute("SELECT id FROM jobs WHERE sealed = 0")]
 
 
 Part = tuple[str, bytes, "str | None"]      # (form field name, value, file name or None)
@@ -242,7 +243,7 @@ def test_sealing_with_another_output_requeues_the_tasks_added_before(store: Stor
     assert first.output == Output()
     assert store.complete("d1", first.id, Result(b"made as jpeg", "jpeg", 4, 3, ("converted",)))
     assert store.fail("d1", second.id, "step 1 grayscale: bad")
-    stale = store._db().execute("SELECT result_blob FROM tasks WHERE id = ?", (first.id,)).fetchone()[0]
+    stale = store.database.connection().execute("SELECT result_blob FROM tasks WHERE id = ?", (first.id,)).fetchone()[0]
     assert stale in blob_rows(store) and store.blob_path(stale).is_file()
     used = store.blob_usage()
 
@@ -287,10 +288,10 @@ def test_purge_deletes_open_jobs_older_than_the_grace_with_their_blobs(store: St
     young = store.open_job(Output())
     store.add_tasks(young, new_tasks(store, 1, first=2), start=0)
     sealed = store.create_job(new_tasks(store, 1, first=3), Output())
-    kept = blob_files(store) - {k for r in store._db().execute(
+    kept = blob_files(store) - {k for r in store.database.connection().execute(
         "SELECT input_blob, result_blob FROM tasks WHERE job_id = ?", (old,)) for k in r if k}
     now = time.time()
-    db = store._db()
+    db = store.database.connection()
     db.execute("UPDATE jobs SET created_at = ? WHERE id IN (?, ?)", (now - ORPHAN_GRACE - 10, old, sealed.id))
     db.execute("UPDATE jobs SET created_at = ? WHERE id = ?", (now - ORPHAN_GRACE + 60, young))
 
@@ -343,7 +344,7 @@ def test_a_version_1_database_migrates_and_its_jobs_stay_visible(settings: Setti
     db.close()
 
     with Store.open(settings) as store:
-        db = store._db()
+        db = store.database.connection()
         assert schema.schema_version(db) == schema.SCHEMA_VERSION == 2
         assert "sealed" in {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
         assert db.execute("SELECT sealed FROM jobs WHERE id = 'old-job'").fetchone()[0] == 1
@@ -357,7 +358,7 @@ def test_a_version_1_database_migrates_and_its_jobs_stay_visible(settings: Setti
         assert [j.id for j in store.list_jobs()] == ["old-job"]
         assert store.seal_job(hidden, [], Output(), start=0).tasks == ()
     with Store.open(settings) as store:                         # opening again migrates nothing
-        assert schema.schema_version(store._db()) == 2 and len(store.list_jobs()) == 2
+        assert schema.schema_version(store.database.connection()) == 2 and len(store.list_jobs()) == 2
 
 
 # ---- uploads that start early: read_upload with a JobStart
@@ -597,7 +598,7 @@ def test_a_later_format_requeues_the_tasks_that_ran_and_their_results_follow_it(
     assert claim.output == Output()
     as_jpeg = process((REAL / names[0]).read_bytes(), GRAY, claim.output)
     assert as_jpeg.format == "jpeg" and store.complete("fake", claim.id, as_jpeg)
-    stale = store._db().execute("SELECT result_blob FROM tasks WHERE id = ?", (claim.id,)).fetchone()[0]
+    stale = store.database.connection().execute("SELECT result_blob FROM tasks WHERE id = ?", (claim.id,)).fetchone()[0]
     body.open(0)
     body.wait_paused(1)                                          # file 1 is in, but waits for the end
     [job_id] = open_job_ids(store)
@@ -631,7 +632,7 @@ def test_six_files_with_the_pipeline_first_give_what_process_gives(app, client, 
         body.wait_paused(0)                                      # five files in, the sixth not yet
         [job_id] = open_job_ids(store)
         deadline = time.monotonic() + 40
-        while not store._db().execute("SELECT COUNT(*) FROM tasks WHERE job_id = ? AND state = 'done'",
+        while not store.database.connection().execute("SELECT COUNT(*) FROM tasks WHERE job_id = ? AND state = 'done'",
                                       (job_id,)).fetchone()[0]:
             assert time.monotonic() < deadline, "the dispatcher processed nothing while the upload was paused"
             time.sleep(0.02)

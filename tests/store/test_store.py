@@ -37,14 +37,14 @@ def blob_files(store: Store) -> list[Path]:
 
 
 def task_row(store: Store, job_id: str, n: int) -> sqlite3.Row:
-    return store._db().execute("SELECT * FROM tasks WHERE job_id = ? AND n = ?", (job_id, n)).fetchone()
+    return store.database.connection().execute("SELECT * FROM tasks WHERE job_id = ? AND n = ?", (job_id, n)).fetchone()
 
 
 def test_open_creates_a_wal_database_at_the_current_schema(store: Store, settings: Settings):
     db = sqlite3.connect(settings.db_path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert schema.schema_version(db) == schema.SCHEMA_VERSION
-    assert int(store._db().execute("PRAGMA busy_timeout").fetchone()[0]) >= 10_000
+    assert int(store.database.connection().execute("PRAGMA busy_timeout").fetchone()[0]) >= 10_000
     assert settings.blob_dir.is_dir()
     Store.open(settings).close()  # opening again migrates nothing and keeps the data
 
@@ -57,8 +57,8 @@ def test_migrations_run_forward_and_keep_the_data(settings: Settings, monkeypatc
     monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
     with Store.open(settings) as store:
         assert store.get_job(job.id).counts()["queued"] == 3
-        assert store._db().execute("SELECT label FROM jobs").fetchone()[0] == "old"
-        assert schema.schema_version(store._db()) == schema.SCHEMA_VERSION
+        assert store.database.connection().execute("SELECT label FROM jobs").fetchone()[0] == "old"
+        assert schema.schema_version(store.database.connection()) == schema.SCHEMA_VERSION
 
 
 def test_a_database_from_a_newer_pixmill_is_refused(settings: Settings):
@@ -127,7 +127,7 @@ def test_a_job_that_fails_midway_leaves_no_trace(store: Store):
         store.create_job([NewTask("a", GRAY, keys[0]), NewTask("b", Exploding(), keys[1])], Output())
     with pytest.raises(InvalidRequest):
         store.create_job([NewTask("a", GRAY, keys[0]), NewTask("b", GRAY, "0" * 32)], Output())
-    db = store._db()
+    db = store.database.connection()
     assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
     assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 0
 
@@ -217,10 +217,11 @@ def test_expired_leases_and_dead_dispatchers_are_requeued_counting_the_attempt(s
 
 def test_retention_deletes_old_jobs_with_their_blobs(store: Store, settings: Settings):
     old, new = make_job(store, 2), make_job(store, 1)
-    store._db().execute("UPDATE jobs SET created_at = created_at - ? WHERE id = ?", (settings.ttl_seconds + 1, old.id))
+    store.database.connection().execute("UPDATE jobs SET created_at = created_at - ? WHERE id = ?",
+                                        (settings.ttl_seconds + 1, old.id))
     orphan = store.put_blob(b"never used")
     stale = store.put_blob(b"stale upload")
-    store._db().execute("UPDATE blobs SET created_at = created_at - 7200 WHERE key = ?", (stale,))
+    store.database.connection().execute("UPDATE blobs SET created_at = created_at - 7200 WHERE key = ?", (stale,))
     assert store.purge_expired() == 1
     with pytest.raises(NotFound):
         store.get_job(old.id)

@@ -102,7 +102,7 @@ def blob_files(data_dir: Path) -> set[str]:
 def assert_no_orphans(settings: Settings) -> None:
     """Every blob file is in the blobs table and every row has its file; every blob is some task's."""
     with Store.open(settings) as store:
-        db = store._db()
+        db = store.database.connection()
         rows = {r[0] for r in db.execute("SELECT key FROM blobs")}
         used = {k for row in db.execute("SELECT input_blob, result_blob FROM tasks") for k in row if k}
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -153,7 +153,7 @@ def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically
                       for t in server.get(f"/api/v1/jobs/{job_id}").json()["tasks"])
         assert retried > 0, "no task was in flight at any kill"
     with Store.open(settings) as store:     # retention, as a dispatcher runs it every minute, an hour later
-        known = {r[0] for r in store._db().execute("SELECT key FROM blobs")}
+        known = {r[0] for r in store.database.connection().execute("SELECT key FROM blobs")}
         unknown = blob_files(data_dir) - known    # a kill between a blob's rename and its commit
         parts = list((data_dir / "blobs" / "tmp").glob("*.part"))      # a kill while writing one
         print(f"before retention: {len(unknown)} blob files without a row, {len(parts)} temp files")
@@ -202,7 +202,7 @@ def test_a_full_quota_refuses_new_jobs_with_507_and_corrupts_nothing(tmp_path):
         again = submit(server, images[:5], "again")   # room again once a job is deleted
         assert wait_done(server, again)["counts"]["done"] == 5
     with Store.open(settings) as store:
-        assert store._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert store.database.connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert [j.id for j in store.list_jobs()] == [again]
     assert_no_orphans(settings)
 
@@ -232,7 +232,7 @@ def test_a_blob_renamed_by_a_process_killed_before_its_commit_is_purged(tmp_path
     orphans = blob_files(settings.data_dir) - {kept}
     assert len(orphans) == 1
     with Store.open(settings) as store:
-        assert not store._blob_known(next(iter(orphans)))
+        assert not store.blob_store.known(next(iter(orphans)))
         store.purge_expired()                               # young: it may still be committing
         assert blob_files(settings.data_dir) == {kept, *orphans}
         old = time.time() - 2 * ORPHAN_GRACE                # an hour later

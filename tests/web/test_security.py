@@ -227,7 +227,7 @@ def test_another_tokens_jobs_are_404_everywhere_and_owners_are_not_tokens(token_
         assert client.get(base, headers=bearer(TOKENS[0])).status_code == 200
     for url in legacy["processed_files"]:
         assert client.get(path_of(url), headers=bearer(TOKENS[1])).status_code == 404
-    owners = {row[0] for row in store._db().execute("SELECT owner FROM jobs")}
+    owners = {row[0] for row in store.database.connection().execute("SELECT owner FROM jobs")}
     assert len(owners) == 1 and not any(t in str(owners) for t in TOKENS)
     db_bytes = config.db_path.read_bytes() + b"".join(p.read_bytes() for p in config.data_dir.glob("pixmill.db-*"))
     assert not any(t.encode() in db_bytes for t in TOKENS), "a token was stored"

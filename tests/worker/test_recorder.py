@@ -61,7 +61,7 @@ def all_files(store: Store) -> list[Path]:
 
 
 def blob_rows(store: Store) -> set[str]:
-    return {r[0] for r in store._db().execute("SELECT key FROM blobs")}
+    return {r[0] for r in store.database.connection().execute("SELECT key FROM blobs")}
 
 
 def assert_blobs_consistent(store: Store) -> None:
@@ -94,8 +94,8 @@ def test_complete_many_stores_every_held_result_in_one_transaction(store: Store,
     job = make_job(store, 3)
     claims = store.claim("d1", 3, busy=False)
     writes = []
-    original = store._write
-    monkeypatch.setattr(store, "_write", lambda: (writes.append(1), original())[1])
+    original = store.database.write
+    monkeypatch.setattr(store.database, "write", lambda: (writes.append(1), original())[1])
     started = time.time() - 5
     assert store.complete_many("d1", [(c.id, result(c.n), started) for c in claims]) == [True] * 3
     assert len(writes) == 1
@@ -213,8 +213,8 @@ def test_results_that_arrive_together_are_stored_in_few_transactions(store: Stor
     assert rec.waiting == 50
     assert rec.flush(timeout=0.05) is False           # not stored yet: flush says so when its time is up
     writes = []
-    original = store._write
-    monkeypatch.setattr(store, "_write", lambda: (writes.append(1), original())[1])
+    original = store.database.write
+    monkeypatch.setattr(store.database, "write", lambda: (writes.append(1), original())[1])
     gate.release.set()
     assert rec.flush(timeout=20) is True and rec.waiting == 0 and rec.error is None
     batch = recorder_module.BATCH
@@ -380,7 +380,7 @@ def test_a_store_error_in_the_recorder_ends_the_dispatcher_with_it(store: Store,
     assert outcome.get("raised") is broken, outcome
     assert worker.recorder.error is broken and not worker.recorder._thread.is_alive()
     # Left as running, so the next dispatcher on this host requeues its tasks at once (not after the lease).
-    assert store._db().execute("SELECT stopped_at FROM dispatchers WHERE id = ?",
+    assert store.database.connection().execute("SELECT stopped_at FROM dispatchers WHERE id = ?",
                                (worker.id,)).fetchone()[0] is None
     tasks = store.get_job(job.id).tasks
     assert TaskState.DONE not in {t.state for t in tasks}

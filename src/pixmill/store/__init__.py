@@ -1,7 +1,8 @@
 """The store, the only thing web processes and dispatchers share: jobs, tasks and their blobs.
 
-`Store` is the facade; the database, the blob folder and the commit signal are its parts, and
-jobs, open jobs and the task queue are collaborators it hands the database to.
+`Store` is the facade; the database (which owns the commit signal) and the blob folder are its
+parts, and jobs, open jobs, the task queue and blob bookkeeping are collaborators it hands the
+database to.
 """
 
 from __future__ import annotations

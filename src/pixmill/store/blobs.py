@@ -8,13 +8,14 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ImageTooLarge, NotFound, StorageFull
+from ..limits import format_bytes
 
-__all__ = ["BlobFolder", "new_key", "valid_key", "human_size"]
+__all__ = ["BlobFolder", "new_key", "valid_key"]
 
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
 CHUNK = 1024 * 1024
@@ -91,7 +92,7 @@ class BlobFolder:
         except FileNotFoundError:
             raise NotFound(f"no such blob: {key}") from None
 
-    def delete(self, keys) -> None:
+    def delete(self, keys: Iterable[str]) -> None:
         """Remove the files of these keys, ignoring those already gone."""
         for key in keys:
             if valid_key(key):
@@ -128,15 +129,6 @@ class BlobFolder:
         return shutil.disk_usage(self.root).free
 
 
-def human_size(n: float) -> str:
-    """A byte count for people: 512 B, 3.2 MB, 10 GB."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def _limit(size: int, max_bytes: int | None) -> None:
     if max_bytes is not None and size > max_bytes:
-        raise ImageTooLarge(f"the file is over the {human_size(max_bytes)} limit")
+        raise ImageTooLarge(f"the file is over the {format_bytes(max_bytes)} limit")

@@ -1,17 +1,28 @@
-"""Jobs and tasks as the API shows them: the views the store returns and the tasks it is given."""
+"""Jobs and tasks: their states, the views the store returns, the tasks it is given, and `Jobs`,
+the collaborator that records, shows, cancels and deletes sealed jobs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ..config import Settings
+from ..errors import InvalidRequest, NotFound
 from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output
-from .taskqueue import output_from_json
+from .blobs import BlobFolder
+from .database import Database
+from .schema import select_in
 
-__all__ = ["TaskState", "ENDED", "JobState", "JOB_ENDED", "TaskView", "JobView", "NewTask", "task_view", "job_view"]
+__all__ = ["TaskState", "ENDED", "JobState", "JOB_ENDED", "TaskView", "JobView", "NewTask", "Jobs", "ORPHAN_GRACE",
+           "task_view", "job_view", "output_from_json", "output_to_json"]
+
+ORPHAN_GRACE = 3600.0       # seconds an uploaded blob (or an open job) may wait before purge deletes it
 
 
 class TaskState(StrEnum):
@@ -90,6 +101,17 @@ class NewTask:
     source_format: str | None = None
 
 
+def output_to_json(output: Output) -> str:
+    """The Output as the JSON a job row stores."""
+    return json.dumps(dataclasses.asdict(output))
+
+
+def output_from_json(text: str) -> Output:
+    """The Output stored as JSON, ignoring fields this version does not know."""
+    known = {f.name for f in dataclasses.fields(Output)}
+    return Output(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
 def task_view(row: sqlite3.Row) -> TaskView:
     """A task row as a TaskView."""
     return TaskView(n=row["n"], name=row["name"], pipeline=row["pipeline"], state=TaskState(row["state"]),
@@ -114,3 +136,133 @@ def job_view(job: sqlite3.Row, rows: list[sqlite3.Row]) -> JobView:
         state = JobState.RUNNING
     return JobView(id=job["id"], owner=job["owner"], state=state, created_at=job["created_at"],
                    output=output_from_json(job["output"]), tasks=tasks)
+
+
+class Jobs:
+    """Sealed jobs and their tasks: each state change one method and one transaction."""
+
+    def __init__(self, database: Database, blobs: BlobFolder, settings: Settings) -> None:
+        self.database = database
+        self.blobs = blobs
+        self.settings = settings
+
+    def create(self, tasks: list[NewTask], output: Output, *, owner: str | None = None) -> JobView:
+        """Record a job with all its tasks in one transaction."""
+        if not tasks:
+            raise InvalidRequest("a job needs at least one image")
+        job_id, now = secrets.token_urlsafe(18), time.time()
+        with self.database.write() as db:
+            db.execute("INSERT INTO jobs (id, owner, created_at, output) VALUES (?, ?, ?, ?)",
+                       (job_id, owner, now, output_to_json(output)))
+            self.insert_tasks(db, job_id, tasks, 0)
+        return self.get(job_id)
+
+    def get(self, job_id: str, *, owner: str | None = None) -> JobView:
+        """The job with its tasks; NotFound if there is none or it belongs to another owner."""
+        with self.database.read() as db:
+            job = db.execute("SELECT * FROM jobs WHERE id = ? AND sealed = 1", (job_id,)).fetchone()
+            if job is None or (owner is not None and job["owner"] != owner):
+                raise NotFound(f"no such job: {job_id}")
+            tasks = db.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
+        return job_view(job, tasks)
+
+    def unfinished(self, job_id: str, *, n: int | None = None, owner: str | None = None) -> int:
+        """How many of the job's tasks (or only task n) are still queued or running; 0 once it is cancelled.
+        NotFound as get. Cheaper than get, for waits that look often."""
+        db = self.database.connection()
+        job = db.execute("SELECT owner, cancelled_at FROM jobs WHERE id = ? AND sealed = 1", (job_id,)).fetchone()
+        if job is None or (owner is not None and job["owner"] != owner):
+            raise NotFound(f"no such job: {job_id}")
+        where, args = ("AND n = ?", (job_id, n)) if n is not None else ("", (job_id,))
+        row = db.execute(f"SELECT COUNT(*), SUM(state IN ('queued', 'running')) FROM tasks WHERE job_id = ? {where}",
+                         args).fetchone()
+        if not row[0]:
+            raise NotFound(f"job {job_id} has no image number {n}")
+        return 0 if job["cancelled_at"] is not None else row[1]
+
+    def recent(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
+        """The most recent jobs (of one owner, when given), newest first."""
+        db = self.database.connection()
+        where, args = ("AND owner = ?", [owner]) if owner is not None else ("", [])
+        ids = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE sealed = 1 {where} ORDER BY created_at DESC "
+                                        f"LIMIT ?", (*args, limit))]
+        views = []
+        for job_id in ids:
+            try:
+                views.append(self.get(job_id))
+            except NotFound:  # deleted meanwhile
+                pass
+        return views
+
+    def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
+        """Cancel a job: its queued and running tasks become cancelled; finished ones keep their results."""
+        now = time.time()
+        with self.database.write() as db:
+            _owned(db, job_id, owner)
+            db.execute("UPDATE jobs SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL", (now, job_id))
+            db.execute("UPDATE tasks SET state = 'cancelled', finished_at = ?, lease_owner = NULL, "
+                       "lease_expires = NULL WHERE job_id = ? AND state IN ('queued', 'running')", (now, job_id))
+        return self.get(job_id)
+
+    def delete(self, job_id: str, *, owner: str | None = None) -> None:
+        """Cancel a job and delete its rows and blobs."""
+        with self.database.write() as db:
+            _owned(db, job_id, owner)
+            keys = self.delete_rows(db, [job_id])
+        self.blobs.delete(keys)
+
+    def purge_expired(self, *, now: float | None = None) -> int:
+        """Delete jobs older than the TTL with their blobs, and stale orphan uploads; return the jobs deleted."""
+        now = time.time() if now is None else now
+        with self.database.write() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE created_at < ? "
+                                            "OR (sealed = 0 AND created_at < ?)",
+                                            (now - self.settings.ttl_seconds, now - ORPHAN_GRACE))]
+            keys = self.delete_rows(db, ids)
+            orphans = [r[0] for r in db.execute(
+                "SELECT key FROM blobs WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM tasks WHERE input_blob = blobs.key OR result_blob = blobs.key)",
+                (now - ORPHAN_GRACE,))]
+            select_in(db, "DELETE FROM blobs WHERE key IN ({})", orphans)
+        self.blobs.delete(keys + orphans + self._unknown_files())
+        self.blobs.sweep_temp(ORPHAN_GRACE)
+        return len(ids)
+
+    def insert_tasks(self, db: sqlite3.Connection, job_id: str, tasks: list[NewTask], start: int) -> None:
+        """Insert queued tasks numbered from start, after checking that their input blobs are stored.
+        Runs inside the caller's write transaction (db), so the job and its tasks appear together."""
+        keys = [t.blob for t in tasks]
+        known = {r[0] for r in select_in(db, "SELECT key FROM blobs WHERE key IN ({})", keys)}
+        missing = [k for k in keys if k not in known]
+        if missing:
+            raise InvalidRequest(f"blob {missing[0]} is not in the store")
+        now = time.time()
+        db.executemany(
+            "INSERT INTO tasks (job_id, n, name, pipeline, state, created_at, input_blob, source_format) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            [(job_id, start + i, t.name, t.pipeline.text(), now, t.blob, t.source_format) for i, t in enumerate(tasks)])
+
+    def delete_rows(self, db: sqlite3.Connection, ids: list[str]) -> list[str]:
+        """Delete these jobs' rows, their tasks' and their blobs' inside the caller's write transaction (db);
+        return the blob keys, whose files the caller deletes once the transaction has committed."""
+        keys: list[str] = []
+        for row in select_in(db, "SELECT input_blob, result_blob FROM tasks WHERE job_id IN ({})", ids):
+            keys.extend(k for k in row if k)
+        select_in(db, "DELETE FROM tasks WHERE job_id IN ({})", ids)
+        select_in(db, "DELETE FROM jobs WHERE id IN ({})", ids)
+        select_in(db, "DELETE FROM blobs WHERE key IN ({})", keys)
+        return keys
+
+    def _unknown_files(self) -> list[str]:
+        # A process killed after a blob's rename but before its transaction committed leaves a
+        # file no row knows of. Listed first, then looked up: a file committed meanwhile is kept.
+        files = self.blobs.keys_older_than(ORPHAN_GRACE)
+        known = {r[0] for r in select_in(self.database.connection(), "SELECT key FROM blobs WHERE key IN ({})",
+                                         files)}
+        return [k for k in files if k not in known]
+
+
+def _owned(db: sqlite3.Connection, job_id: str, owner: str | None) -> None:
+    row = db.execute("SELECT owner FROM jobs WHERE id = ? AND sealed = 1", (job_id,)).fetchone()
+    if row is None or (owner is not None and row[0] != owner):
+        raise NotFound(f"no such job: {job_id}")

@@ -8,12 +8,10 @@ task that really kills workers is found and fails after `max_attempts`, while th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +20,8 @@ from ..config import Settings
 from ..errors import PixmillError
 from ..imaging.process import Output, Result
 from .blobs import BlobFolder, new_key
+from .database import Database
+from .jobs import TaskState, output_from_json
 
 __all__ = ["Claim", "Finished", "TaskQueue", "crash_message"]
 
@@ -57,28 +57,28 @@ class Finished(NamedTuple):
 
 
 class TaskQueue:
-    """Mixin for Store: claiming, leasing and recording tasks."""
+    """Claiming, leasing and recording tasks, and the dispatchers that hold them."""
 
-    settings: Settings
-    blobs: BlobFolder
-    _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
-    _db: Callable[[], sqlite3.Connection]
+    def __init__(self, database: Database, blobs: BlobFolder, settings: Settings) -> None:
+        self.database = database
+        self.blobs = blobs
+        self.settings = settings
 
     def register_dispatcher(self, dispatcher_id: str, *, host: str, pid: int, pid_started: float | None,
                             engine: str, workers: int) -> None:
         """Record a dispatcher that has just started, for heartbeats and recovery."""
         now = time.time()
-        with self._write() as db:
+        with self.database.write() as db:
             db.execute("INSERT OR REPLACE INTO dispatchers (id, host, pid, pid_started, engine, workers, "
                        "started_at, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (dispatcher_id, host, pid, pid_started, engine, workers, now, now))
 
     def claim(self, dispatcher_id: str, limit: int, *, busy: bool) -> list[Claim]:
         """Lease up to `limit` queued tasks; a suspect only alone: not while busy, nothing beside it."""
-        if self._db().execute("SELECT 1 FROM tasks WHERE state = 'queued' LIMIT 1").fetchone() is None:
+        if self.database.connection().execute("SELECT 1 FROM tasks WHERE state = 'queued' LIMIT 1").fetchone() is None:
             return []  # the common idle case, without taking the write lock
         now = time.time()
-        with self._write() as db:
+        with self.database.write() as db:
             isolating = db.execute("SELECT 1 FROM tasks WHERE lease_owner = ? AND state = 'running' "
                                    "AND crashes > 0", (dispatcher_id,)).fetchone()
             suspect = db.execute("SELECT id FROM tasks WHERE state = 'queued' AND crashes > 0 "
@@ -105,7 +105,7 @@ class TaskQueue:
     def renew(self, dispatcher_id: str, *, workers: int | None = None) -> set[int]:
         """Extend the leases of this dispatcher's tasks and beat its heart; return the task ids it still holds."""
         now = time.time()
-        with self._write() as db:
+        with self.database.write() as db:
             db.execute("UPDATE tasks SET lease_expires = ? WHERE lease_owner = ? AND state = 'running'",
                        (now + self.settings.lease_seconds, dispatcher_id))
             db.execute("UPDATE dispatchers SET heartbeat = ?, workers = COALESCE(?, workers) WHERE id = ?",
@@ -137,7 +137,7 @@ class TaskQueue:
             recorded: set[int] = set()
             now = time.time()
             try:
-                with self._write() as db:
+                with self.database.write() as db:
                     for item, tmp, size, key in written:
                         result = item.result
                         cur = db.execute(
@@ -163,24 +163,24 @@ class TaskQueue:
 
     def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:
         """Mark a held task failed with a message for the user; False if it is no longer ours."""
-        with self._write() as db:
+        with self.database.write() as db:
             return _fail(db, dispatcher_id, task_id, error, started_at)
 
     def release(self, dispatcher_id: str, task_ids: Iterable[int]) -> int:
         """Put held tasks back in the queue without counting the attempt (a clean shutdown)."""
-        with self._write() as db:
+        with self.database.write() as db:
             return _release(db, dispatcher_id, list(task_ids))
 
     def crashed(self, dispatcher_id: str, task_ids: Iterable[int]) -> int:
         """Tasks in flight when the pool died: requeue as suspects, or fail those at max_attempts."""
         ids = list(task_ids)
-        with self._write() as db:
+        with self.database.write() as db:
             return self._crash(db, f"lease_owner = ? AND id IN ({','.join('?' * len(ids))})",
                                (dispatcher_id, *ids)) if ids else 0
 
     def timed_out(self, dispatcher_id: str, task_id: int, error: str, others: Iterable[int]) -> None:
         """Fail a runaway task and put the others the pool held back, uncounted, as the pool is ended."""
-        with self._write() as db:
+        with self.database.write() as db:
             db.execute("UPDATE tasks SET state = 'failed', error = ?, finished_at = ?, lease_owner = NULL, "
                        "lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
                        (error, time.time(), task_id, dispatcher_id))
@@ -188,27 +188,52 @@ class TaskQueue:
 
     def requeue_dispatcher(self, dispatcher_id: str) -> int:
         """A dispatcher died: requeue its tasks at once, counting the attempt, and mark it stopped."""
-        with self._write() as db:
+        with self.database.write() as db:
             db.execute("UPDATE dispatchers SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL",
                        (time.time(), dispatcher_id))
             return self._crash(db, "lease_owner = ? AND state = 'running'", (dispatcher_id,))
 
     def recover_dead(self, host: str, is_dead: Callable[[int, float | None], bool]) -> int:
         """Requeue the tasks of this host's dispatchers whose process is gone; return the tasks requeued."""
-        rows = self._db().execute("SELECT id, pid, pid_started FROM dispatchers WHERE host = ? "
+        rows = self.database.connection().execute("SELECT id, pid, pid_started FROM dispatchers WHERE host = ? "
                                   "AND stopped_at IS NULL", (host,)).fetchall()
         return sum(self.requeue_dispatcher(r["id"]) for r in rows if is_dead(r["pid"], r["pid_started"]))
 
     def requeue_expired(self, *, now: float | None = None) -> int:
         """Requeue running tasks whose lease ran out (their dispatcher died or hung), counting the attempt."""
         now = time.time() if now is None else now
-        with self._write() as db:
+        with self.database.write() as db:
             return self._crash(db, "state = 'running' AND lease_expires < ?", (now,))
 
     def stop_dispatcher(self, dispatcher_id: str) -> None:
         """Record that a dispatcher stopped cleanly."""
-        with self._write() as db:
+        with self.database.write() as db:
             db.execute("UPDATE dispatchers SET stopped_at = ? WHERE id = ?", (time.time(), dispatcher_id))
+
+    def finished_since(self, since: float) -> list[tuple[int, float, float]]:
+        """(task id, finished_at, seconds of processing) of the tasks done after `since`."""
+        return [tuple(row) for row in self.database.connection().execute(
+            "SELECT id, finished_at, finished_at - started_at FROM tasks WHERE state = 'done' "
+            "AND finished_at > ? AND started_at IS NOT NULL ORDER BY finished_at LIMIT 10000", (since,))]
+
+    def stats(self) -> dict:
+        """Task counts per state, queue depth, live workers and recent task durations."""
+        db = self.database.connection()
+        counts = {state.value: 0 for state in TaskState}
+        for state, n in db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state"):
+            counts[state] = n
+        durations = [r[0] for r in db.execute(
+            "SELECT finished_at - started_at FROM tasks WHERE finished_at > ? AND started_at IS NOT NULL "
+            "AND state = 'done' ORDER BY finished_at DESC LIMIT 1000", (time.time() - 300,))]
+        return {"tasks": counts, "queue_depth": counts[TaskState.QUEUED], "workers": self.workers_alive(),
+                "durations": durations}
+
+    def workers_alive(self, within: float = 15.0) -> int:
+        """Pool workers of the dispatchers whose heartbeat is at most `within` seconds old."""
+        row = self.database.connection().execute(
+            "SELECT COALESCE(SUM(workers), 0) FROM dispatchers WHERE stopped_at IS NULL AND heartbeat > ?",
+            (time.time() - within,)).fetchone()
+        return row[0]
 
     def _crash(self, db: sqlite3.Connection, where: str, args: tuple) -> int:
         # Every right-hand side reads the row as it was, so crashes + 1 is the new count throughout.
@@ -222,12 +247,6 @@ class TaskQueue:
             f"lease_owner = NULL, lease_expires = NULL WHERE state = 'running' AND {where}",
             (limit, limit, limit, time.time(), *args))
         return cur.rowcount
-
-
-def output_from_json(text: str) -> Output:
-    """The Output stored as JSON, ignoring fields this version does not know."""
-    known = {f.name for f in dataclasses.fields(Output)}
-    return Output(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 def _fail(db: sqlite3.Connection, dispatcher_id: str, task_id: int, error: str, started_at: float | None) -> bool:
