@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .limits import DEFAULT_MAX_PIXELS
+
 __all__ = ["Settings", "load_settings"]
 
 MB = 1024 * 1024
@@ -23,7 +25,7 @@ class Settings:
     workers: int = 0                          # 0: one per core
     host: str = "127.0.0.1"
     port: int = 5000
-    max_pixels: int = 100_000_000             # per image, read from the header before decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS      # per image, read from the header before decoding
     max_files: int = 100                      # per job
     max_file_bytes: int = 50 * MB             # per uploaded file
     max_request_bytes: int = 500 * MB         # per request
@@ -34,6 +36,11 @@ class Settings:
     lease_seconds: float = 30.0               # a claimed task returns to the queue after this without renewal
     api_tokens: tuple[str, ...] = field(default=())  # empty: no tokens needed
     threads: int = 8                          # waitress threads
+    manager_backoff: float = 0.02             # most seconds an idle MPI pool's manager sleeps between polls
+    worker_backoff: float = 0.02              # most seconds an idle MPI worker sleeps between polls
+    fast_backoff: float = 0.0005              # the cap of both for a moment after each hand-off
+    warm_backoff: float = 0.002               # a worker's cap for warm_seconds after that moment
+    warm_seconds: float = 2.0
 
     def with_overrides(self, **values: Any) -> Settings:
         """A copy with the given values, ignoring those that are None."""

@@ -5,12 +5,14 @@
     ├── InvalidRequest (400)        anything else wrong with what was asked
     ├── Unauthorized (401)          a missing or wrong API token
     ├── NotFound (404)              no such job, task or result
+    ├── JobNotFinished (409)        the archive of a job that has not ended yet
     ├── ImageTooLarge (413)         over a pixel or byte limit
     ├── UnsupportedFormat (415)     not an image format pixmill accepts
     ├── CorruptImage (422)          a truncated or damaged image
     ├── ProcessingFailed (422)      an operation could not be applied to this image
     ├── TaskTimeout (422)           a task ran past its time limit
     ├── WorkerCrashed (422)         the worker process died on this image, again and again
+    ├── ServerBusy (503)            every event-stream slot is taken
     └── StorageFull (507)           the data dir's quota is used up
 
 Every message is meant for the user: it says what was wrong and what is allowed.
@@ -25,12 +27,14 @@ __all__ = [
     "InvalidRequest",
     "Unauthorized",
     "NotFound",
+    "JobNotFinished",
     "ImageTooLarge",
     "UnsupportedFormat",
     "CorruptImage",
     "ProcessingFailed",
     "TaskTimeout",
     "WorkerCrashed",
+    "ServerBusy",
     "StorageFull",
 ]
 
@@ -71,6 +75,13 @@ class NotFound(PixmillError):
     code = "not_found"
 
 
+class JobNotFinished(PixmillError):
+    """The archive of a job that is still running."""
+
+    status = 409
+    code = "job_not_finished"
+
+
 class ImageTooLarge(PixmillError):
     status = 413
     code = "too_large"
@@ -99,6 +110,13 @@ class TaskTimeout(PixmillError):
 class WorkerCrashed(PixmillError):
     status = 422
     code = "worker_crashed"
+
+
+class ServerBusy(PixmillError):
+    """Every event-stream slot is taken."""
+
+    status = 503
+    code = "busy"
 
 
 class StorageFull(PixmillError):

@@ -124,3 +124,25 @@ def test_ops_lists_the_catalogue_as_text_and_json() -> None:
     blur = next(op for op in ops if op["name"] == "blur")
     assert blur["params"][0] == {"name": "ksize", "type": "int", "default": 5, "description": "kernel size in pixels",
                                  "min": 1, "max": 99, "step": 2, "odd": True}
+
+
+def test_status_json_prints_the_job_as_the_api_shows_it_without_links(client, store, settings) -> None:
+    from click.testing import CliRunner
+
+    from pixmill.cli.jobs import status
+    from pixmill.imaging.pipeline import parse_pipeline
+    from pixmill.imaging.process import Output
+    from pixmill.store import NewTask
+
+    blob = store.put_blob((REAL / "sk_coins.png").read_bytes())
+    job = store.create_job([NewTask("coins.png", parse_pipeline("grayscale"), blob, "png")], Output())
+    shown = CliRunner().invoke(status, [job.id, "--data-dir", str(settings.data_dir), "--json"])
+    assert shown.exit_code == 0, shown.output
+    printed, api = json.loads(shown.output), client.get(f"/api/v1/jobs/{job.id}").get_json()
+    links = {"status_url", "events_url", "archive_url", "result_url", "source_url"}
+    assert {k: v for k, v in api.items() if k not in links | {"tasks"}} == \
+        {k: v for k, v in printed.items() if k != "tasks"}
+    task = printed["tasks"][0]
+    assert {k: v for k, v in api["tasks"][0].items() if k not in links} == \
+        {k: v for k, v in task.items() if k not in ("input_blob", "result_blob")}
+    assert (task["state"], task["input_blob"], task["result_blob"]) == ("queued", blob, None)

@@ -59,7 +59,7 @@ if __name__ == "__main__":
     # settings from PIXMILL_* variables.
     import sys
 
-    from pixmill.cli.jobs import run_supervised
+    from pixmill.cli.worker import run_supervised
     from pixmill.config import load_settings
 
     run_supervised(load_settings(), task=f"support.jobs_tasks:{sys.argv[1]}")

@@ -1,7 +1,7 @@
 """Fuzzing: process() on random small images, and schemathesis on the API around a real, finished job.
 
-tests/test_web_schema.py fuzzes every operation with random ids (so the job endpoints mostly
-answer 404) and tests/test_pipeline.py fuzzes pipeline parsing. Here:
+tests/web/test_web_schema.py fuzzes every operation with random ids (so the job endpoints mostly
+answer 404) and tests/imaging/test_pipeline.py fuzzes pipeline parsing. Here:
 
 - hypothesis draws small arrays (gray, BGR, BGRA; 8 or 16 bits), encodes them as PNG or JPEG, and
   runs process() with a random pipeline and output format: it must give a PixmillError or a result

@@ -1,6 +1,6 @@
 """Hostile inputs: every one gives a pixmill error that says why, or (if valid) a correct result.
 
-Each file runs through `process()` in its own fresh interpreter (tests/hostile.py check), two at a
+Each file runs through `process()` in its own fresh interpreter (tests/support/hostile.py check), two at a
 time, under an address-space limit of 2 GiB above the interpreter's baseline; the test then checks
 the outcome against the table below, the time (under 10 s) and the peak resident memory (under
 2 GiB).  A worker that dies or hangs fails the test of its file only.
@@ -127,7 +127,7 @@ REAL_EXPECT: dict[str, Ok | Refused] = {
     "tiff_tiled_jpeg_oob_read.tif": refused(CORRUPT, words=BAD),
 }
 
-# The generated files (tests/hostile.py, after the corpus's make_hostile.py).
+# The generated files (tests/support/hostile.py, after the corpus's make_hostile.py).
 GENERATED_EXPECT: dict[str, Ok | Refused] = {
     "truncated_half.jpg": refused(CORRUPT, words=TRUNCATED),
     "truncated_header.jpg": refused(CORRUPT, words=TRUNCATED),
@@ -158,7 +158,7 @@ GENERATED_EXPECT: dict[str, Ok | Refused] = {
     "aspect_1x65500.png": Ok("png", 1, 65500, color=(128,)),
     "noise_12mp.png": Ok("png", 4000, 3000),
 }
-# Beyond the corpus (tests/hostile.py EXTRA_NAMES).
+# Beyond the corpus (tests/support/hostile.py EXTRA_NAMES).
 EXTRA_EXPECT: dict[str, Ok | Refused | tuple[Ok | Refused, ...]] = {
     "truncated_half_eoi.jpg": refused(CORRUPT, words=BAD),      # must not come back half grey
     # damaged animation frames: refused as corrupt, or the intact default image processed
@@ -307,7 +307,7 @@ def _check_refusal(case: Case, expect: Refused, report: dict) -> None:
     if code == UNSUPPORTED:
         assert any(w in lowered for w in ("accepts", "not supported", "not a supported", "cannot be read")), message
     if code == TOO_LARGE:
-        assert "limit" in lowered and re.search(r"\d ?(MP|MB|GB|megapixels|pixels)\b", message), \
+        assert "limit" in lowered and re.search(r"\d ?(MP|MB|GB|MiB|GiB|megapixels|pixels)\b", message), \
             f"{case.name}: {message!r} names no limit"
         assert re.search(r"\d+ ?[×x] ?\d+", message), f"{case.name}: {message!r} names no size"
         if expect.size:

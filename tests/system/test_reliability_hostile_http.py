@@ -1,6 +1,6 @@
 """Hostile input through HTTP against a real `pixmill serve` (MPI workers) on 127.0.0.1.
 
-Every file of tests/data/hostile_real and every file tests/hostile.py generates is uploaded, one per
+Every file of tests/data/hostile_real and every file tests/support/hostile.py generates is uploaded, one per
 job and then mixed into jobs with good images. Each one gets a 4xx that names it, or a task that
 ends (done, or failed with a reason) within 15 s; the good images beside it succeed; nothing gets a
 5xx; the dispatcher never restarts; and /healthz, polled all along from a process of its own, answers 200

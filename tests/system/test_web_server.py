@@ -1,4 +1,4 @@
-"""A real `pixmill serve` on 127.0.0.1 for system tests: start it, wait for it, stop it and all it started."""
+"""`pixmill serve` as a real server on 127.0.0.1 with MPI workers: the original form, the JSON API, restarts."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Security through Flask's test client: client file names, job-id guessing, tokens, headers and zip names.
 
-tests/test_web_api.py covers the basics (four hostile names, a missing token, another token's job);
+tests/web/test_web_api.py covers the basics (four hostile names, a missing token, another token's job);
 this covers the rest: NUL bytes, over-long, absolute and Windows names, HTML in names and in error
 messages, ids that look like paths or SQL, every endpoint behind a token, every HTML page's
 headers, and the names inside the zip archive.

@@ -236,9 +236,9 @@ REFUSALS = {
     "too many files": ({"files": files(*["pil_hopper.bmp"] * 5), "pipeline": "grayscale"},
                        413, "too_large", ["limit is 4"]),
     "file too big": ({"files": [(io.BytesIO(big_png(700)), "big.png")], "operations": "grayscale"},
-                     413, "too_large", ["big.png", "1 MB per-file limit"]),
+                     413, "too_large", ["big.png", "1 MiB per-file limit"]),
     "request too big": ({"files": [(io.BytesIO(big_png(570)), f"p{i}.png") for i in range(4)],
-                         "pipeline": "grayscale"}, 413, "too_large", ["3 MB per-request limit"]),
+                         "pipeline": "grayscale"}, 413, "too_large", ["3 MiB per-request limit"]),
     "corrupt header": ({"files": files("broken.png", folder=HOSTILE), "operations": "grayscale"},
                        422, "corrupt_image", ["broken.png"]),
     "bad parameter": ({"files": files("sk_camera.png"), "operations": "grayscale | blur(ksize=4)"},
@@ -273,7 +273,7 @@ def test_request_limit_is_counted_while_streaming(settings, store):
     part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n").encode()
     body = part + big_png(570) + f"\r\n--{boundary}--\r\n".encode()
     small = replace(settings, max_request_bytes=256 * 1024)
-    with pytest.raises(ImageTooLarge, match="256 KB per-request limit"):
+    with pytest.raises(ImageTooLarge, match="256 KiB per-request limit"):
         read_upload(io.BytesIO(body), f"multipart/form-data; boundary={boundary}", small, store)
     assert stored_blobs(settings) == []
 

@@ -1,95 +1,42 @@
-"""`pixmill worker`, `pixmill submit` and `pixmill status`: the dispatcher and the store from a shell."""
+"""`pixmill submit` and `pixmill status`: queue a job in the store, and show it, from a shell."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import click
 
-from ..config import Settings, load_settings
+from ..config import load_settings
 from ..errors import PixmillError
 from ..imaging.pipeline import parse_pipeline
-from ..imaging.process import OUTPUT_FORMATS, Output
+from ..imaging.process import Output
+from ..limits import read_limited
+from ..store import JOB_ENDED, JobState, JobView, Store
+from . import options
 
-__all__ = ["worker", "submit", "status"]
-
-DATA_DIR_HELP = "Folder of the store: database and images (default ./pixmill-data, or PIXMILL_DATA_DIR)."
-
-
-@click.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP)
-@click.option("--engine", type=click.Choice(["mpi", "local"]), default=None,
-              help="mpi: MPI workers (default); local: a process pool. Ignored in a static MPI pool.")
-@click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per core). A static MPI pool uses every rank but 0.")
-@click.option("--task-timeout", type=click.FloatRange(min=0.1), default=None,
-              help="Seconds one image may take before it fails (default 60).")
-def worker(data_dir: Path | None, engine: str | None, workers: int | None, task_timeout: float | None) -> None:
-    """Process queued tasks of the store on a pool of workers, until Ctrl-C or SIGTERM.
-
-    Run alone it spawns its MPI workers (or local processes) and restarts the pool if a worker dies.
-    Under `mpiexec -n N python -m mpi4py.futures -m pixmill worker` rank 0 dispatches to the
-    other N-1 ranks, which may be on other machines.
-    """
-    import logging
-
-    from ..worker.staticpool import in_static_pool, run_static
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = load_settings(data_dir=data_dir, engine=engine, workers=workers, task_timeout=task_timeout)
-    if in_static_pool():
-        sys.exit(run_static(settings))
-    if "PMI_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
-        raise click.UsageError("under mpiexec, run the workers as a static pool: "
-                               "mpiexec -genv MPIR_CVAR_NOLOCAL 1 -n N python -m mpi4py.futures -m pixmill worker ...")
-    run_supervised(settings)
-
-
-def run_supervised(settings: Settings, *, task: str | None = None) -> None:
-    """Run a supervised dispatcher until SIGTERM or SIGINT, then stop it cleanly (task: see Supervisor)."""
-    from ..worker.supervisor import Supervisor
-
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    supervisor = Supervisor(settings, task=task)
-    try:
-        supervisor.start()
-        click.echo(f"pixmill worker: {settings.worker_count()} {settings.engine} workers on "
-                   f"{settings.data_dir.resolve()}; Ctrl-C stops", err=True)
-        while not stop.wait(1.0):
-            pass
-    finally:
-        click.echo("pixmill worker: stopping", err=True)
-        supervisor.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+__all__ = ["submit", "status"]
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-p", "--pipeline", "spec", required=True,
-              help="Operations to apply, e.g. 'grayscale | blur(ksize=7)' or a JSON list of steps.")
-@click.option("-f", "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="auto", show_default=True,
-              help="Output format; auto keeps JPEG as JPEG, WebP as WebP, and writes PNG otherwise.")
-@click.option("-q", "--quality", type=click.IntRange(1, 100), default=90, show_default=True,
-              help="Quality of JPEG and WebP outputs.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP)
+@options.pipeline
+@options.output_format
+@options.quality
+@options.data_dir
 @click.option("--wait", "wait_", is_flag=True, help="Wait until every task has ended, then print the status.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="With --wait: give up after this many seconds.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="With --wait: give up after this many seconds.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --wait: write the results into this directory.")
 def submit(images: tuple[Path, ...], spec: str, fmt: str, quality: int, data_dir: Path | None, wait_: bool,
            timeout: float | None, out_dir: Path | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
-    from ..store import NewTask, Store
+    from ..store import NewTask
     from ..worker.batch import collect_inputs
 
     settings = load_settings(data_dir=data_dir)
@@ -107,7 +54,7 @@ def submit(images: tuple[Path, ...], spec: str, fmt: str, quality: int, data_dir
         try:
             for source in sources:
                 try:
-                    data = _read(source, settings.max_file_bytes)
+                    data = read_limited(source, settings.max_file_bytes)
                     info = codec.probe(data, max_pixels=settings.max_pixels)
                 except (OSError, PixmillError) as exc:
                     problems.append(f"{source.name}: {getattr(exc, 'message', None) or exc}")
@@ -126,17 +73,17 @@ def submit(images: tuple[Path, ...], spec: str, fmt: str, quality: int, data_dir
             _print_status(job)
             if out_dir is not None:
                 _write_results(store, job, out_dir)
-            if job.state != "done" or any(t.error for t in job.tasks):
+            if job.state is not JobState.DONE or any(t.error for t in job.tasks):
                 sys.exit(1)
 
 
 @click.command()
 @click.argument("job_id")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=DATA_DIR_HELP)
+@options.data_dir
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 def status(job_id: str, data_dir: Path | None, as_json: bool) -> None:
     """Show a job's state and each of its tasks."""
-    from ..store import Store
+    from ..web.present import job_json  # the API's own shape; imported here as Flask is slow to load
 
     with Store.open(load_settings(data_dir=data_dir)) as store:
         try:
@@ -144,25 +91,16 @@ def status(job_id: str, data_dir: Path | None, as_json: bool) -> None:
         except PixmillError as exc:
             raise click.ClickException(exc.message) from None
     if as_json:
-        click.echo(json.dumps(_job_json(job), indent=2))
+        click.echo(json.dumps(job_json(job, links=False), indent=2))
     else:
         _print_status(job)
 
 
-def _read(path: Path, max_bytes: int) -> bytes:
-    from ..errors import ImageTooLarge
-
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ImageTooLarge(f"the file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit")
-    return path.read_bytes()
-
-
-def _wait_for(store, job_id: str, timeout: float | None):
+def _wait_for(store: Store, job_id: str, timeout: float | None) -> JobView:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         job = store.get_job(job_id)
-        if job.state in ("done", "cancelled"):
+        if job.state in JOB_ENDED:
             return job
         if deadline is not None and time.monotonic() > deadline:
             _print_status(job)
@@ -170,7 +108,7 @@ def _wait_for(store, job_id: str, timeout: float | None):
         time.sleep(0.2)
 
 
-def _print_status(job) -> None:
+def _print_status(job: JobView) -> None:
     counts = ", ".join(f"{n} {state}" for state, n in job.counts().items() if n)
     click.echo(f"job {job.id}: {job.state} ({counts})")
     for task in job.tasks:
@@ -180,7 +118,7 @@ def _print_status(job) -> None:
         click.echo(f"  {task.n:>4} {task.name}: {task.state.value}{size}{tries}{error}")
 
 
-def _write_results(store, job, out_dir: Path) -> None:
+def _write_results(store: Store, job: JobView, out_dir: Path) -> None:
     from ..imaging.codec import EXTENSIONS
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,9 +129,3 @@ def _write_results(store, job, out_dir: Path) -> None:
             target.write_bytes(store.read_blob(task.result_blob))
     click.echo(f"results written to {out_dir}", err=True)
 
-
-def _job_json(job) -> dict:
-    tasks = [{**{k: getattr(t, k) for k in t.__dataclass_fields__}, "state": t.state.value, "notes": list(t.notes)}
-             for t in job.tasks]
-    return {"id": job.id, "state": job.state, "created_at": job.created_at, "counts": job.counts(),
-            "output": {"format": job.output.format, "quality": job.output.quality}, "tasks": tasks}

@@ -1,18 +1,13 @@
-"""The `pixmill` command: run a batch, list the operations, and (from their modules) serve and work."""
+"""The `pixmill` group: each command family lives in a module of its own, and is added here."""
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import click
 
-from ..config import load_settings
-from ..errors import PixmillError
-from ..imaging.ops import catalogue, operations
-from ..imaging.pipeline import parse_pipeline
-from ..imaging.process import OUTPUT_FORMATS, Output
+from .jobs import status, submit
+from .run import ops, run
+from .serve import serve
+from .worker import worker
 
 __all__ = ["main"]
 
@@ -23,77 +18,5 @@ def main() -> None:
     """pixmill: image processing at scale, on MPI workers."""
 
 
-@main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-p", "--pipeline", "spec", required=True,
-              help="Operations to apply, e.g. 'grayscale | blur(ksize=7)' or a JSON list of steps.")
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the results, written as name.<ops>.<ext>.")
-@click.option("--engine", type=click.Choice(["mpi", "local"]), default=None,
-              help="mpi: MPI workers (default); local: a process pool.")
-@click.option("-w", "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: one per core).")
-@click.option("-f", "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="auto", show_default=True,
-              help="Output format; auto keeps JPEG as JPEG, WebP as WebP, and writes PNG otherwise.")
-@click.option("-q", "--quality", type=click.IntRange(1, 100), default=90, show_default=True,
-              help="Quality of JPEG and WebP outputs.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse images with more pixels (default 100 MP).")
-def run(inputs: tuple[Path, ...], spec: str, out_dir: Path, engine: str | None, workers: int | None,
-        fmt: str, quality: int, max_pixels: int | None) -> None:
-    """Process image files and directories in parallel with one pipeline."""
-    from tqdm import tqdm
-
-    from ..worker.batch import collect_inputs, run_batch
-    from ..worker.engine import make_executor
-
-    settings = load_settings(engine=engine, workers=workers, max_pixels=max_pixels)
-    try:
-        pipeline = parse_pipeline(spec)
-    except PixmillError as exc:
-        raise click.BadParameter(exc.message, param_hint="--pipeline") from None
-    sources = collect_inputs(inputs)
-    if not sources:
-        raise click.UsageError("no image files found in the inputs given")
-    count = min(settings.worker_count(), len(sources))
-    output = Output(fmt, quality)
-    with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None) as bar, \
-            make_executor(settings.engine, count) as executor:
-        report = run_batch(sources, pipeline, output, out_dir, executor, workers=count,
-                           max_pixels=settings.max_pixels, max_file_bytes=settings.max_file_bytes,
-                           on_done=lambda outcome: bar.update(1))
-    ok, failed = report.succeeded, report.failed
-    rate = len(sources) / report.seconds if report.seconds else 0.0
-    click.echo(f"{len(ok)} of {len(sources)} images processed in {report.seconds:.2f} s "
-               f"({rate:.1f} images/s, {count} {settings.engine} workers) -> {out_dir}")
-    noted = [o for o in ok if o.notes]
-    for outcome in noted:
-        click.echo(f"  note {outcome.source.name}: {'; '.join(outcome.notes)}")
-    if failed:
-        click.echo(f"{len(failed)} failed:")
-        for outcome in failed:
-            click.echo(f"  {outcome.source.name}: {outcome.error}")
-        sys.exit(1)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON (as the API serves it).")
-def ops(as_json: bool) -> None:
-    """List the operations and their parameters."""
-    if as_json:
-        click.echo(json.dumps(catalogue(), indent=2))
-        return
-    for op in operations():
-        click.echo(f"{op.name:<20} {op.description}")
-        for p in op.params:
-            default = "auto" if p.default is None else p.default
-            click.echo(f"    {p.name:<16} {p.allowed()}; default {default}. {p.description}")
-
-
-def _add_commands() -> None:
-    from .jobs import status, submit, worker
-    from .serve import serve
-
-    for command in (serve, worker, submit, status):
-        main.add_command(command)
-
-
-_add_commands()
+for command in (run, ops, serve, worker, submit, status):
+    main.add_command(command)

@@ -11,6 +11,8 @@ from types import FrameType
 import click
 
 from ..config import Settings, load_settings
+from ..logs import setup_logging
+from . import options
 
 __all__ = ["serve", "run_server"]
 
@@ -21,18 +23,15 @@ log = logging.getLogger("pixmill.serve")
 @click.option("--host", default=None, help="Address to listen on (default 127.0.0.1, or PIXMILL_HOST).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Port to listen on (default 5000, or PIXMILL_PORT; 0 picks a free one).")
-@click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per core, or PIXMILL_WORKERS).")
-@click.option("--engine", type=click.Choice(["mpi", "local"]), default=None,
-              help="mpi: MPI workers (default); local: a process pool.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of the store: database and images (default ./pixmill-data, or PIXMILL_DATA_DIR).")
+@options.workers()
+@options.engine()
+@options.data_dir
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Web server threads (default 8, or PIXMILL_THREADS).")
 def serve(host: str | None, port: int | None, workers: int | None, engine: str | None,
           data_dir: Path | None, threads: int | None) -> None:
     """Serve the web page and the API, with a dispatcher running the work on a worker pool."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     settings = load_settings(host=host, port=port, workers=workers, engine=engine, data_dir=data_dir,
                              threads=threads)
     run_server(settings)
@@ -48,8 +47,8 @@ def run_server(settings: Settings) -> None:
 
     store = Store.open(settings)
     app = create_app(settings, store)
-    # recv_bytes: waitress reads 8 KB at a time by default; an upload of a 500 KB image then cost
-    # 1.4 ms more CPU than with 256 KB reads (each read's buffer is transient; the body is buffered as before).
+    # recv_bytes: waitress reads 8 KB at a time by default, and each read of an upload costs CPU;
+    # 256 KB reads cost far less per image (each read's buffer is transient; the body is buffered as before).
     server = waitress.create_server(app, host=settings.host, port=settings.port, threads=settings.threads,
                                     max_request_body_size=settings.max_request_bytes + 1024 * 1024,
                                     recv_bytes=256 * 1024, ident="pixmill", clear_untrusted_proxy_headers=True)

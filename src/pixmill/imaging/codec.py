@@ -21,6 +21,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CorruptImage, ImageTooLarge, ProcessingFailed, UnsupportedFormat
+from ..limits import format_bytes
 from . import containers
 
 __all__ = ["FORMATS", "MEDIA_TYPES", "EXTENSIONS", "ImageInfo", "Decoded",
@@ -115,8 +116,8 @@ def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
                             f"over the {max_pixels / 1e6:g} MP limit")
     if info.pixels * info.bytes_per_pixel > max_pixels * MAX_BYTES_PER_PIXEL:
         raise ImageTooLarge(f"{info.width}×{info.height} at {info.bytes_per_pixel} bytes a pixel needs "
-                            f"{info.pixels * info.bytes_per_pixel / 1e6:.0f} MB decoded, over the "
-                            f"{max_pixels * MAX_BYTES_PER_PIXEL / 1e6:.0f} MB limit (4 bytes × the pixel limit)")
+                            f"{format_bytes(info.pixels * info.bytes_per_pixel)} decoded, over the "
+                            f"{format_bytes(max_pixels * MAX_BYTES_PER_PIXEL)} limit (4 bytes × the pixel limit)")
     return info
 
 

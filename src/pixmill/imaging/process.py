@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import cv2
 
 from ..errors import PixmillError, ProcessingFailed
+from ..limits import DEFAULT_MAX_PIXELS
 from . import codec
 from .ops import get_operation
 from .pipeline import Pipeline, run_pipeline
@@ -18,7 +19,6 @@ from .pipeline import Pipeline, run_pipeline
 __all__ = ["Output", "Result", "process", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("auto", "png", "jpeg", "webp", "tiff")
-DEFAULT_MAX_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)

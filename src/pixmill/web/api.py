@@ -8,24 +8,23 @@ from collections.abc import Callable, Iterator
 from apiflask import APIBlueprint
 from flask import Flask, Response, current_app, request, send_file, stream_with_context, url_for
 
-from ..errors import ImageTooLarge, NotFound, PixmillError
+from ..errors import ImageTooLarge, JobNotFinished, NotFound, ServerBusy
 from ..imaging.codec import EXTENSIONS, MEDIA_TYPES
 from ..imaging.ops import catalogue
-from ..store import JobView, TaskView
+from ..limits import format_bytes
+from ..store import ENDED, JOB_ENDED, JobView, TaskState, TaskView
 from .archive import pipeline_slug, stream_archive
-from .events import ENDED_JOB
 from .events import job_events as event_stream
 from .jobstart import JobStart
 from .present import job_json
 from .schemas import DownloadQuery, JobOut, OperationOut
 from .security import authenticate, current_owner, download_name
 from .services import services
-from .uploads import Upload, human_bytes, read_upload
+from .uploads import Upload, read_upload
 from .waiting import requested_wait
 
-__all__ = ["bp", "init_app", "receive_upload", "result_response", "JobNotFinished", "ServerBusy"]
+__all__ = ["bp", "init_app", "receive_upload", "result_response"]
 
-UNFINISHED = ("queued", "running")
 SSE_MIN_GAP = 0.05   # seconds: a stream looks at its job at most this often, however busy the store
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1",
@@ -43,20 +42,6 @@ SSE_EVENT = {"type": "object", "required": ["event", "data"],
              "properties": {"event": {"type": "string", "enum": ["progress", "end", "gone"]},
                             "data": {"type": "string", "description": "JSON: the job (progress); its id, state "
                                                                       "and counts (end); its id and a message (gone)"}}}
-
-
-class JobNotFinished(PixmillError):
-    """The archive of a job that is still running."""
-
-    status = 409
-    code = "job_not_finished"
-
-
-class ServerBusy(PixmillError):
-    """Every event-stream slot is taken."""
-
-    status = 503
-    code = "busy"
 
 
 class _Slot:
@@ -96,8 +81,8 @@ def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
     svc = services()
     limit = svc.settings.max_request_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise ImageTooLarge(f"the request is {human_bytes(request.content_length)}, over the "
-                            f"{human_bytes(limit)} per-request limit")
+        raise ImageTooLarge(f"the request is {format_bytes(request.content_length)}, over the "
+                            f"{format_bytes(limit)} per-request limit")
     start = JobStart(svc.store, owner=current_owner())
     upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict, job=start,
                          length=request.content_length)
@@ -137,17 +122,13 @@ def _applied(seconds: float) -> dict[str, str]:
     return {"Preference-Applied": f"wait={seconds:g}"} if seconds else {}
 
 
-def _state(task: TaskView) -> str:
-    return str(getattr(task.state, "value", task.state))
-
-
 def result_response(job_id: str, n: int, download: bool = False) -> Response:
     """A result: 202 until it is ready, the image when done, 422 with the reason if it failed.
 
     With `Prefer: wait=N` a task that has not ended is waited for, up to N seconds."""
     _, task = _task(job_id, n)
     waited = 0.0
-    if _state(task) in UNFINISHED:
+    if task.state not in ENDED:
         store, owner = services().store, current_owner()
         waited = _long_poll(lambda: store.unfinished(job_id, n=n, owner=owner) == 0)
         if waited:
@@ -158,15 +139,15 @@ def result_response(job_id: str, n: int, download: bool = False) -> Response:
 
 
 def _task_response(job_id: str, task: TaskView, download: bool) -> Response:
-    state = _state(task)
-    if state == "done" and task.result_blob and task.result_format:
+    state = task.state.value
+    if task.state is TaskState.DONE and task.result_blob and task.result_format:
         name = download_name(task.name, EXTENSIONS[task.result_format], pipeline_slug(task.pipeline))
         return _send_blob(task.result_blob, task.result_format, name, download)
-    if state == "failed":
+    if task.state is TaskState.FAILED:
         body = {"error": "task_failed", "message": f"{task.name}: {task.error or 'processing failed'}",
                 "state": state, "attempts": task.attempts}
         return _json(body, 422)
-    if state == "cancelled":
+    if task.state is TaskState.CANCELLED:
         raise NotFound(f"{task.name}: this image was cancelled and has no result")
     body = {"state": state, "message": f"{task.name} is {state}; try again shortly",
             "status_url": url_for("api.get_job", job_id=job_id, _external=True)}
@@ -222,7 +203,7 @@ def get_job(job_id: str):
     store, owner = services().store, current_owner()
     job = store.get_job(job_id, owner=owner)
     waited = 0.0
-    if job.state not in ENDED_JOB:
+    if job.state not in JOB_ENDED:
         waited = _long_poll(lambda: store.unfinished(job_id, owner=owner) == 0)
         if waited:
             job = store.get_job(job_id, owner=owner)
@@ -301,9 +282,9 @@ def get_archive(job_id: str):
     """All results as one zip."""
     svc = services()
     job = svc.store.get_job(job_id, owner=current_owner())
-    if job.state not in ("done", "cancelled"):
+    if job.state not in JOB_ENDED:
         counts = job.counts()
-        ended = sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+        ended = sum(counts.get(s, 0) for s in ENDED)
         raise JobNotFinished(f"job {job_id} is still {job.state}: {ended} of {len(job.tasks)} images have "
                              f"ended; download the archive when the job has ended")
     response = Response(stream_with_context(stream_archive(svc.store, job)), mimetype="application/zip")

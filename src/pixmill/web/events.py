@@ -7,11 +7,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..errors import NotFound
-from ..store import JobView, Store
+from ..store import JOB_ENDED, JobView, Store
 
-__all__ = ["ENDED_JOB", "job_events", "sse"]
-
-ENDED_JOB = ("done", "cancelled")
+__all__ = ["job_events", "sse"]
 
 
 def sse(event: str, data: object) -> str:
@@ -45,8 +43,8 @@ def job_events(store: Store, job_id: str, owner: str | None, render: Callable[[J
             previous = signature
             last_sent = clock()
             yield sse("progress", payload)
-        if job.state in ENDED_JOB:
-            yield sse("end", {"id": job.id, "state": job.state, "counts": payload.get("counts")})
+        if job.state in JOB_ENDED:
+            yield sse("end", {"id": job.id, "state": job.state.value, "counts": payload.get("counts")})
             return
         now = clock()
         if now - start >= max_seconds:

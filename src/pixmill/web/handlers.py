@@ -9,7 +9,7 @@ from apiflask.exceptions import HTTPError
 from flask import Response, current_app, jsonify
 
 from ..errors import PixmillError, Unauthorized
-from .uploads import human_bytes
+from ..limits import format_bytes
 
 __all__ = ["init_app"]
 
@@ -46,7 +46,7 @@ def _http_error(error: HTTPError) -> tuple[dict, int, dict]:
         message = _describe_detail(error.detail)
     elif status == 413:
         limit = current_app.extensions["pixmill"].settings.max_request_bytes
-        message = f"the request is over the {human_bytes(limit)} per-request limit"
+        message = f"the request is over the {format_bytes(limit)} per-request limit"
     elif status == 404:
         message = "no such page or resource; the API is under /api/v1 (see /api/v1/docs)"
     elif status == 405:

@@ -7,11 +7,13 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, St
 from apiflask.validators import OneOf
 
 from ..imaging.process import OUTPUT_FORMATS
+from ..store import JobState, TaskState
 
 __all__ = ["ERROR_SCHEMA", "OperationOut", "JobOut", "UploadOut", "HealthOut", "DownloadQuery",
-           "job_form_schema", "upload_form_schema", "TASK_STATES"]
+           "job_form_schema", "upload_form_schema", "TASK_STATES", "JOB_STATES"]
 
-TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
+TASK_STATES = tuple(state.value for state in TaskState)
+JOB_STATES = tuple(state.value for state in JobState)
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -72,7 +74,7 @@ class TaskOut(Schema):
 
 class JobOut(Schema):
     id = String(required=True)
-    state = String(required=True, validate=OneOf(("queued", "running", "done", "cancelled")))
+    state = String(required=True, validate=OneOf(JOB_STATES))
     created_at = Float()
     output = Nested(OutputOut)
     counts = Dict(keys=String(), values=Integer())

@@ -19,11 +19,12 @@ from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidReques
 from ..imaging import codec
 from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import OUTPUT_FORMATS, Output
+from ..limits import format_bytes
 from ..store import NewTask, Store
 from . import multipart
 from .jobstart import JobStart
 
-__all__ = ["Upload", "read_upload", "human_bytes"]
+__all__ = ["Upload", "read_upload"]
 
 CHUNK = 64 * 1024          # bytes read from the request at a time
 HEAD_BYTES = 256 * 1024           # enough for the header of every format we accept, in practice
@@ -39,15 +40,6 @@ class Upload:
     tasks: list[NewTask]
     output: Output
     blobs: list[str] = field(default_factory=list)
-
-
-def human_bytes(n: int) -> str:
-    """A byte count in words: '50 MB', '512 KB', '10 bytes'."""
-    for unit, size in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
-        if n >= size:
-            value = n / size
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, store: Store, *,
@@ -100,14 +92,14 @@ class _Reader:
         chunk = self.stream.read(CHUNK)
         self.received += len(chunk)
         if self.received > self.settings.max_request_bytes:
-            raise ImageTooLarge(f"the request is over the {human_bytes(self.settings.max_request_bytes)} "
+            raise ImageTooLarge(f"the request is over the {format_bytes(self.settings.max_request_bytes)} "
                                 f"per-request limit")
         return chunk
 
     def _take_field(self, name: str, part: _PartReader) -> None:
         value = part.read(MAX_FIELD_BYTES + 1)
         if len(value) > MAX_FIELD_BYTES or not part.eof:
-            raise InvalidRequest(f"form field {name!r} is over the {human_bytes(MAX_FIELD_BYTES)} limit")
+            raise InvalidRequest(f"form field {name!r} is over the {format_bytes(MAX_FIELD_BYTES)} limit")
         part.drain()
         if name not in FIELDS:
             if self.strict:
@@ -142,11 +134,11 @@ class _Reader:
             raise _named(name, exc) from None
         limit = self.settings.max_file_bytes
         if len(head) > limit:
-            raise ImageTooLarge(f"{name}: the file is over the {human_bytes(limit)} per-file limit")
+            raise ImageTooLarge(f"{name}: the file is over the {format_bytes(limit)} per-file limit")
         try:
             blob = self.store.put_blob(_Prefixed(head, part), max_bytes=limit)
         except ImageTooLarge:
-            raise ImageTooLarge(f"{name}: the file is over the {human_bytes(limit)} per-file limit") from None
+            raise ImageTooLarge(f"{name}: the file is over the {format_bytes(limit)} per-file limit") from None
         self.upload.blobs.append(blob)
         part.drain()
         if info is None:             # the header reaches past the head: read the stored file

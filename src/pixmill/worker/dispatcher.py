@@ -36,6 +36,7 @@ from ..config import Settings, load_settings
 from ..errors import PixmillError, TaskTimeout
 from ..imaging.pipeline import parse_pipeline
 from ..imaging.process import Result, process
+from ..logs import setup_logging
 from ..store import Claim, Store
 from ..store.dbwatch import DbWatch, Doorbell
 from .recorder import Recorder
@@ -50,9 +51,9 @@ POLL_MIN, POLL_MAX = 0.05, 0.5       # seconds between looks at an empty queue, 
 BUSY_TICK = 0.25                     # seconds between timeout checks while the pool is full
 # Between those looks the dispatcher sleeps in the kernel until any process signals a commit to
 # the store (dbwatch: inotify) or one of its flights finishes (a doorbell that each future's
-# callback rings): a new job or a result ends the wait at once.  Without the signal a one-image
-# job waited 85 ms (p50) for the dispatcher to claim it; polling the files every 5 ms instead took
-# an idle dispatcher from ~4% to 7% of a core (GIL hand-offs beside the MPI manager thread).
+# callback rings): a new job or a result ends the wait at once.  Without the signal a job waits for
+# the next look, and looking often instead makes an idle dispatcher costly (GIL hand-offs beside
+# the MPI manager thread).
 WATCH_IDLE_TICK = 0.25     # longest sleep in the kernel (a stop is seen by then)
 PURGE_EVERY = 60.0
 
@@ -316,7 +317,9 @@ def run_dispatcher(settings: Settings, *, dispatcher_id: str | None = None, task
                    workers: int | None = None, engine: str | None = None) -> int:
     """Run one dispatcher in this process until SIGTERM/SIGINT; return the exit status (EXIT_RESTART: start anew).
 
-    The pool is make_executor(settings.engine, settings.worker_count()) unless make_pool is given."""
+    The pool is make_executor(settings.engine, settings.worker_count()) with the settings' back-off caps,
+    unless make_pool is given."""
+    from .backoff import Backoff
     from .engine import make_executor
 
     stop = threading.Event()
@@ -324,7 +327,7 @@ def run_dispatcher(settings: Settings, *, dispatcher_id: str | None = None, task
         signal.signal(sig, lambda *_: stop.set())
     workers = workers or settings.worker_count()
     engine = engine or settings.engine
-    make_pool = make_pool or (lambda: make_executor(engine, workers))
+    make_pool = make_pool or (lambda: make_executor(engine, workers, backoff=Backoff.from_settings(settings)))
     with Store.open(settings) as store:
         dispatcher = Dispatcher(store, settings, lambda: _bootup(make_pool()), workers=workers, engine=engine,
                                 dispatcher_id=dispatcher_id, task=load_task(task) if task else process,
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", help="module:function to run instead of pixmill.process:process (tests)")
     parser.add_argument("--parent", type=int, help="stop when this parent process is gone")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     try:
         status = run_dispatcher(load_settings(), dispatcher_id=args.dispatcher_id, task=args.task,
                                 parent_pid=args.parent)

@@ -47,10 +47,15 @@
     box.hidden = !text;
   }
 
+  // The same binary units as the server's messages (pixmill.limits.format_bytes).
   function humanBytes(n) {
-    if (n >= 1048576) return (n / 1048576).toFixed(1) + " MB";
-    if (n >= 1024) return Math.round(n / 1024) + " KB";
-    return n + " bytes";
+    for (const [unit, size] of [["GiB", 1073741824], ["MiB", 1048576], ["KiB", 1024]]) {
+      if (n >= size) {
+        const value = n / size;
+        return (value >= 100 ? value.toFixed(0) : value.toFixed(1).replace(/\.0$/, "")) + " " + unit;
+      }
+    }
+    return n + " B";
   }
 
   // ---- images in, one editor each

@@ -1,0 +1,52 @@
+"""The options several `pixmill` commands share, each declared once so that their names, types and help agree.
+
+Most are click decorators to apply as they are; `engine` and `workers` are called, with a note that
+one command adds to the help (the static MPI pool of `pixmill worker`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..imaging.process import OUTPUT_FORMATS
+from ..worker.engine import ENGINES
+
+__all__ = ["data_dir", "engine", "workers", "pipeline", "output_format", "quality"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+data_dir = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Folder of the store: database and images (default ./pixmill-data, or PIXMILL_DATA_DIR).")
+
+pipeline = click.option(
+    "-p", "--pipeline", "spec", required=True,
+    help="Operations to apply, e.g. 'grayscale | blur(ksize=7)' or a JSON list of steps.")
+
+output_format = click.option(
+    "-f", "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="auto", show_default=True,
+    help="Output format; auto keeps JPEG as JPEG, WebP as WebP, and writes PNG otherwise.")
+
+quality = click.option(
+    "-q", "--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+    help="Quality of JPEG and WebP outputs.")
+
+
+def engine(note: str = "") -> Callable[[F], F]:
+    """The --engine option, with an optional sentence appended to its help."""
+    return click.option("--engine", type=click.Choice(ENGINES), default=None,
+                        help=_joined("mpi: MPI workers (default); local: a process pool.", note))
+
+
+def workers(note: str = "") -> Callable[[F], F]:
+    """The -w/--workers option, with an optional sentence appended to its help."""
+    return click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
+                        help=_joined("Worker processes (default: one per core, or PIXMILL_WORKERS).", note))
+
+
+def _joined(text: str, note: str) -> str:
+    return f"{text} {note}" if note else text
