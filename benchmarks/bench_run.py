@@ -25,8 +25,10 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, opencv_threads, timed, write_photos  # noqa: E402
+from pixmill.config import load_settings  # noqa: E402
 from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
 from pixmill.imaging.process import Output  # noqa: E402
+from pixmill.worker.backoff import Backoff  # noqa: E402
 from pixmill.worker.batch import run_batch  # noqa: E402
 from pixmill.worker.engine import make_executor  # noqa: E402
 
@@ -60,7 +62,8 @@ def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5,
     """Best seconds of each variant over interleaved rounds, and throughputs and efficiencies from them."""
     pipeline = parse_pipeline("blur")
     folder = paths[0].parent
-    pools = {w: make_executor(engine, w) for w in counts}
+    backoff = Backoff.from_settings(load_settings())  # PIXMILL_*_BACKOFF tune the pools as they tune the service
+    pools = {w: make_executor(engine, w, backoff=backoff) for w in counts}
     best: dict[str, float] = {}
 
     def keep(name: str, seconds: float) -> None:

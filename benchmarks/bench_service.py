@@ -44,9 +44,11 @@ from common import (  # noqa: E402
     wait_for,
     with_cpu,
 )
+from pixmill.config import load_settings  # noqa: E402
 from pixmill.errors import PixmillError  # noqa: E402
 from pixmill.imaging.pipeline import parse_pipeline  # noqa: E402
 from pixmill.imaging.process import Output, process  # noqa: E402
+from pixmill.worker.backoff import Backoff  # noqa: E402
 from pixmill.worker.batch import run_batch  # noqa: E402
 from pixmill.worker.engine import make_executor  # noqa: E402
 
@@ -93,7 +95,7 @@ def overhead(server: Server, paths: list[Path], tmp: Path, workers: int, rounds:
     """Service vs `pixmill run` (whole command and on a started pool), same images and workers."""
     files = [(p.name, p.read_bytes()) for p in paths]
     pipeline = parse_pipeline("blur")
-    pool = make_executor("mpi", workers)
+    pool = make_executor("mpi", workers, backoff=Backoff.from_settings(load_settings()))
     best: dict[str, float] = {}
     spent: dict[str, collections.Counter] = {"service": collections.Counter(), "pool": collections.Counter()}
 
@@ -184,7 +186,7 @@ def one_job(client: LeanClient, image: bytes) -> float:
 def warm_latency(server: Server, image: bytes, jobs: int = 200, spaced: int = 20, gap: float = 1.0,
                  long_gap: float = 4.0, long_spaced: int = 8) -> dict:
     """Latency of one small job: back to back, each after `gap` seconds of idleness, and each after
-    `long_gap` seconds (past the pool's warm spell, engine.WARM_SECONDS, when its back-off is at the caps)."""
+    `long_gap` seconds (past the pool's warm spell, Settings.warm_seconds, when its back-off is at the caps)."""
     client = LeanClient(server.url)
     for _ in range(10):
         one_job(client, image)

@@ -21,7 +21,7 @@ from pixmill.config import Settings
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
 from pixmill.store import JobView, NewTask, Store, TaskState
-from pixmill.worker.engine import FAST_SECONDS, WARM_SECONDS
+from pixmill.worker.backoff import FAST_SECONDS
 from support.idle import measure
 from support.jobs_tasks import CRASH, HANG, make_png
 
@@ -119,7 +119,7 @@ def assert_results_match(store: Store, job: JobView, images: list[bytes], skip: 
         if task.n not in skip:
             assert task.state is TaskState.DONE
             assert store.read_blob(task.result_blob) == process(images[task.n], PIPELINE).data, task.n
-    rows = store._db().execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
+    rows = store.database.connection().execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
     assert rows == len(images) + len(results), "a result was recorded twice"
 
 
@@ -188,7 +188,7 @@ def test_an_idle_dispatcher_and_pool_neither_spin_nor_poll_faster_than_their_bac
     with started(WORKER, settings) as worker:
         wait_until(lambda: store.workers_alive() == 3 and len(find(worker.pid, "mpi4py.futures.server")) == 3,
                    what="the pool")
-        time.sleep(FAST_SECONDS + WARM_SECONDS + 1)  # past the quick polling after the workers' start
+        time.sleep(FAST_SECONDS + settings.warm_seconds + 1)  # past the quick polling after the workers' start
         uses = measure([psutil.Process(worker.pid)] + descendants(worker.pid), 10)
     print("\n".join(map(str, uses)))
     print(f"idle: {sum(u.cpu for u in uses):.1%} of one core for {len(uses)} processes (target < 5%: make bench)")

@@ -9,7 +9,8 @@ import pytest
 
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
-from pixmill.worker.engine import FAST_SECONDS, WARM_SECONDS, make_executor, threads_per_worker
+from pixmill.worker.backoff import DEFAULT_BACKOFF, FAST_SECONDS
+from pixmill.worker.engine import make_executor, threads_per_worker
 from support.idle import measure
 
 REAL = Path(__file__).parents[1] / "data" / "real"
@@ -47,9 +48,9 @@ def test_an_idle_mpi_pool_ends_its_quick_polling_and_does_not_spin() -> None:
         procs = [me, *me.children(recursive=True)]
         burst = measure(procs, 5)  # the workers' fast and warm spells after their last task, and beyond
         idle = measure(procs, 5)
-    # The spells poll MPI every 0.5 and 2 ms for FAST_SECONDS + WARM_SECONDS after a task, so a job
-    # then is noticed at once; after them a rank wakes every 20 ms.  A spinning rank uses a core.
-    assert FAST_SECONDS + WARM_SECONDS < 5
+    # The fast and warm spells poll MPI often for a while after a task, so a job then is noticed at
+    # once; after them a rank wakes once per back-off cap.  A spinning rank uses a core.
+    assert FAST_SECONDS + DEFAULT_BACKOFF.warm_seconds < 5
     print("the 5 s after the last task:", *burst, "the next 5 s:", *idle, sep="\n")
     assert sum("mpi4py.futures.server" in use.command for use in idle) == 2
     for use in burst:

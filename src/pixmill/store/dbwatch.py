@@ -3,8 +3,8 @@
 After each commit a writer rewrites one byte of a small signal file beside the database
 (`CommitSignal.send`), and watchers sleep on inotify until that file is written.  Watching the WAL
 itself woke a watcher at the first write of a commit, before the commit was visible, and then no
-later write might follow: the watcher had to guess when to look again (a job waited 5-10 ms for
-the dispatcher).  Where inotify is missing, `wait` just sleeps and callers look on a timer.
+later write might follow: the watcher had to guess when to look again, and a job waited for the
+dispatcher meanwhile.  Where inotify is missing, `wait` just sleeps and callers look on a timer.
 """
 
 from __future__ import annotations

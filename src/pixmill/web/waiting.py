@@ -5,9 +5,9 @@ as soon as the task (or the whole job) has ended, or after N seconds with the us
 Event streams wait the same way between their looks at a job.
 
 One thread per web process sleeps until the store signals a commit (inotify, see dbwatch), then
-runs every waiting request's check itself and wakes only the requests whose check came true.
-Each request that woke on every commit to look for itself cost the web process ~5 ms of CPU per
-job under load (4 clients; GIL and thread switches). Each wait holds a server thread, so waits
+runs every waiting request's check itself and wakes only the requests whose check came true:
+waking every request on every commit to look for itself cost the web process much CPU under load
+(GIL and thread switches). Each wait holds a server thread, so waits
 share the event streams' slots; when none is free the answer comes at once, without the
 preference applied.
 """

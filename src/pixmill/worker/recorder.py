@@ -1,7 +1,7 @@
 """The recorder: a dispatcher's thread that stores finished results, several per transaction.
 
-Storing a result means writing its blob, fsyncing it and committing the task's new state: 2-3 ms
-on the development VM, during which the dispatcher's loop could not hand the pool new work.  So
+Storing a result means writing its blob, fsyncing it and committing the task's new state, time
+during which the dispatcher's loop could not hand the pool new work.  So
 the loop gives each result to the recorder and goes on; the recorder takes every result waiting
 at that moment and stores them together (`Store.complete_many`).  A task stays leased to the
 dispatcher until its result is committed, so a crash before then runs it again, as before.

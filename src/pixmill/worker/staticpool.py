@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import Executor
 
 from ..config import Settings
+from .backoff import Backoff
 from .dispatcher import EXIT_RESTART, run_dispatcher
 
 __all__ = ["in_static_pool", "run_static", "static_pool_size", "init_static_worker"]
@@ -28,7 +29,8 @@ def in_static_pool() -> bool:
 def run_static(settings: Settings) -> int:
     """Dispatch to the other ranks until SIGTERM/SIGINT; if the pool must be ended, end the whole MPI job."""
     workers = static_pool_size()
-    status = run_dispatcher(settings, engine="mpi", workers=workers, make_pool=lambda: _executor(workers))
+    backoff = Backoff.from_settings(settings)
+    status = run_dispatcher(settings, engine="mpi", workers=workers, make_pool=lambda: _executor(backoff))
     if status == EXIT_RESTART:
         from mpi4py import MPI
 
@@ -43,20 +45,20 @@ def static_pool_size() -> int:
     return max(1, MPI.COMM_WORLD.Get_size() - 1)
 
 
-def init_static_worker() -> None:
-    """Set up a rank of the pool: OpenCV threads to share its machine's cores with the ranks beside it;
-    SIGTERM and SIGINT ignored, since mpiexec passes them to every rank but only rank 0 acts on them
-    (it finishes or releases its tasks, then ends the job cleanly)."""
+def init_static_worker(backoff: Backoff) -> None:
+    """Set up a rank of the pool: OpenCV threads to share its machine's cores with the ranks beside it,
+    the polling caps of `backoff`; SIGTERM and SIGINT ignored, since mpiexec passes them to every rank but
+    only rank 0 acts on them (it finishes or releases its tasks, then ends the job cleanly)."""
     from .engine import init_worker
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ranks_here = int(os.environ.get("MPI_LOCALNRANKS", "1"))  # set by MPICH's mpiexec
-    init_worker(max(1, (os.cpu_count() or 1) // max(1, ranks_here)))
+    init_worker(max(1, (os.cpu_count() or 1) // max(1, ranks_here)), backoff)
 
 
-def _executor(workers: int) -> Executor:
+def _executor(backoff: Backoff) -> Executor:
     from mpi4py.futures import MPIPoolExecutor
 
     # Under `-m mpi4py.futures` every MPIPoolExecutor uses the ranks already there: nothing is spawned.
-    return MPIPoolExecutor(initializer=init_static_worker)
+    return MPIPoolExecutor(initializer=init_static_worker, initargs=(backoff,))
