@@ -5,19 +5,21 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ImageTooLarge, PixmillError
+from ..errors import PixmillError
 from ..imaging import codec, containers
 from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output, process
+from ..limits import read_limited
 
 __all__ = ["IMAGE_SUFFIXES", "Outcome", "BatchReport", "collect_inputs", "plan_targets", "run_batch"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".mpo"}
+NOT_RUN = "not processed: a worker process died earlier in this run, and its pool took no more work"
 
 
 @dataclass
@@ -96,11 +98,18 @@ def run_batch(sources: list[Path], pipeline: Pipeline, output: Output, out_dir: 
         while todo and len(running) < 2 * workers:
             source, target = todo.popleft()
             try:
-                data = _read_input(source, max_file_bytes)
+                data = read_limited(source, max_file_bytes)
             except (OSError, PixmillError) as exc:
                 finish(Outcome(source, error=_describe(exc)))
                 continue
-            running[executor.submit(process, data, pipeline, output, max_pixels=max_pixels)] = (source, target)
+            try:
+                future = executor.submit(process, data, pipeline, output, max_pixels=max_pixels)
+            except BrokenExecutor:  # a worker died and took the pool with it: report what is left, run nothing
+                for left, _ in [(source, target), *todo]:
+                    finish(Outcome(left, error=NOT_RUN))
+                todo.clear()
+                break
+            running[future] = (source, target)
         if not running:
             continue
         done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -127,13 +136,6 @@ def _record(future: Future, source: Path, target: Path) -> Outcome:
     partial.write_bytes(result.data)
     partial.replace(target)
     return Outcome(source, target=target, notes=result.notes)
-
-
-def _read_input(path: Path, max_bytes: int) -> bytes:
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ImageTooLarge(f"the file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit")
-    return path.read_bytes()
 
 
 def _predicted_format(path: Path) -> str:
