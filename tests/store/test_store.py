@@ -296,3 +296,11 @@ def test_a_relative_data_dir_is_resolved_against_the_working_directory(tmp_path,
         assert path.read_bytes() == b"abc"
     finally:
         store.close()
+
+
+def test_job_ids_never_start_with_a_dash_so_a_shell_reads_them_as_arguments(monkeypatch):
+    from pixmill.store import jobs
+
+    ids = iter(["-AEnP0ZsaFTR0GH2_z5qAozX", "-x", "AEnP0ZsaFTR0GH2_z5qAozX"])
+    monkeypatch.setattr(jobs.secrets, "token_urlsafe", lambda n: next(ids))
+    assert jobs.new_job_id() == "AEnP0ZsaFTR0GH2_z5qAozX"

@@ -20,7 +20,7 @@ from .database import Database
 from .schema import select_in
 
 __all__ = ["TaskState", "ENDED", "JobState", "JOB_ENDED", "TaskView", "JobView", "NewTask", "Jobs", "ORPHAN_GRACE",
-           "task_view", "job_view", "output_from_json", "output_to_json"]
+           "new_job_id", "task_view", "job_view", "output_from_json", "output_to_json"]
 
 ORPHAN_GRACE = 3600.0       # seconds an uploaded blob (or an open job) may wait before purge deletes it
 
@@ -138,6 +138,13 @@ def job_view(job: sqlite3.Row, rows: list[sqlite3.Row]) -> JobView:
                    output=output_from_json(job["output"]), tasks=tasks)
 
 
+
+def new_job_id() -> str:
+    """A fresh job id: 144 random bits, URL-safe, never starting with '-' (a shell would read an option)."""
+    while (job_id := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return job_id
+
 class Jobs:
     """Sealed jobs and their tasks: each state change one method and one transaction."""
 
@@ -150,7 +157,7 @@ class Jobs:
         """Record a job with all its tasks in one transaction."""
         if not tasks:
             raise InvalidRequest("a job needs at least one image")
-        job_id, now = secrets.token_urlsafe(18), time.time()
+        job_id, now = new_job_id(), time.time()
         with self.database.write() as db:
             db.execute("INSERT INTO jobs (id, owner, created_at, output) VALUES (?, ?, ?, ?)",
                        (job_id, owner, now, output_to_json(output)))

@@ -13,7 +13,6 @@ after files whose tasks already ran, sealing puts those tasks back in the queue.
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 import time
 
@@ -21,7 +20,7 @@ from ..errors import NotFound
 from ..imaging.process import Output
 from .blobs import BlobFolder
 from .database import Database
-from .jobs import Jobs, JobView, NewTask, output_to_json
+from .jobs import Jobs, JobView, NewTask, new_job_id, output_to_json
 
 __all__ = ["OpenJobs"]
 
@@ -36,7 +35,7 @@ class OpenJobs:
 
     def open(self, output: Output, *, owner: str | None = None) -> str:
         """Record a new open job (no tasks yet) and return its id."""
-        job_id = secrets.token_urlsafe(18)
+        job_id = new_job_id()
         with self.database.write() as db:
             db.execute("INSERT INTO jobs (id, owner, created_at, output, sealed) VALUES (?, ?, ?, ?, 0)",
                        (job_id, owner, time.time(), output_to_json(output)))
