@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,12 +98,6 @@ def files(tmp_path_factory) -> dict[str, bytes]:
     return found
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("hostile-serve"), engine="mpi", workers=2) as server:
-        yield server
-
-
 def expectation(name: str):
     expect = {**REAL_EXPECT, **GENERATED_EXPECT, **EXTRA_EXPECT}[name]
     return expect if isinstance(expect, tuple) else (expect,)
@@ -145,7 +138,8 @@ def check_task(server: Server, name: str, task: dict) -> None:
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_each_hostile_file_alone_is_refused_or_ends_within_15_s(server, files):
+def test_each_hostile_file_alone_is_refused_or_ends_within_15_s(mpi_server: Server, files):
+    server = mpi_server
     dispatchers = server.dispatcher_pids()
     with HealthProbe(server) as probe, ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(lambda item: one_file(server, *item), files.items()))
@@ -175,7 +169,8 @@ def test_each_hostile_file_alone_is_refused_or_ends_within_15_s(server, files):
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_hostile_files_mixed_with_good_images(server, files):
+def test_hostile_files_mixed_with_good_images(mpi_server: Server, files):
+    server = mpi_server
     good = [(n, (REAL / n).read_bytes()) for n in GOOD]
     dispatchers = server.dispatcher_pids()
     accepted, refused = [], []

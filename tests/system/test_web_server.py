@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import zipfile
-from collections.abc import Iterator
 from io import BytesIO
 
 import pytest
@@ -20,7 +19,6 @@ from pixmill.imaging.process import Output, process
 from support.servers import (
     ORIGINAL_OPS,
     REAL,
-    Server,
     _descendants,
     _healthy,
     alive,
@@ -36,13 +34,6 @@ def expected(name: str, spec: str) -> bytes | str:
         return process((REAL / name).read_bytes(), parse_pipeline(spec), Output()).data
     except PixmillError as exc:
         return exc.message
-
-
-@pytest.fixture(scope="module")
-def mpi_server(tmp_path_factory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("serve"), engine="mpi", workers=2) as server:
-        yield server
-    assert server.proc.returncode == 0, server.log.read_text()[-2000:]    # SIGTERM is a clean stop
 
 
 def _accepted(name: str) -> bool:
