@@ -243,7 +243,7 @@ def _probe_pillow(data: bytes, fmt: str) -> ImageInfo:
     return ImageInfo(fmt, width, height, mode, animated, orientation, lossy, tuple(notes), 8 if deep else 4)
 
 
-def _orientation(read_exif, notes: list[str]) -> int:
+def _orientation(read_exif: Callable[[], Image.Exif], notes: list[str]) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["PngHeader", "read_png", "clean_png", "webp_is_lossy"]
@@ -30,7 +31,7 @@ class PngHeader:
     exif: bytes | None
 
 
-def _png_chunks(data: bytes):
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
     if not data.startswith(PNG_SIGNATURE):
         raise ChunkError("not a PNG")
     pos = len(PNG_SIGNATURE)

@@ -34,7 +34,7 @@ def valid_key(key: str) -> bool:
 class BlobFolder:
     """Files under root/ab/abcd...; temporary files under root/tmp until they are complete."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)

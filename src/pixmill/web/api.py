@@ -176,7 +176,7 @@ def _json(body: dict, status: int) -> Response:
 @bp.output(OperationOut(many=True))
 @bp.doc(tags=["operations"], summary="The catalogue of operations and their parameters",
         responses={401: ERRORS[401]})
-def list_operations():
+def list_operations() -> list[dict]:
     """Every operation with its declared parameters: types, defaults and ranges."""
     return catalogue()
 
@@ -185,7 +185,7 @@ def list_operations():
 @bp.output(JobOut, status_code=202, description="The job was accepted and queued")
 @bp.doc(summary="Upload images with an operation or pipeline each",
         responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 507)})
-def create_job():
+def create_job() -> tuple[dict, int, dict[str, str]]:
     """Multipart: `files` repeated, with `operations` (one per file) or one `pipeline`; `format`, `quality`."""
     job, _ = receive_upload(strict=True)
     body = job_json(job)
@@ -195,7 +195,7 @@ def create_job():
 @bp.get("/jobs/<job_id>")
 @bp.output(JobOut)
 @bp.doc(summary="A job's state, counts and tasks", responses={401: ERRORS[401], 404: ERRORS[404]})
-def get_job(job_id: str):
+def get_job(job_id: str) -> tuple[dict, int, dict[str, str]]:
     """The job's state and counts, and per task its state, error, result URL, size and timings.
 
     With the header `Prefer: wait=N` (N up to 30) the answer waits until the job has ended, or N
@@ -217,7 +217,7 @@ def get_job(job_id: str):
                          "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                    401: ERRORS[401], 404: ERRORS[404],
                    503: "Too many event streams are open: poll GET /api/v1/jobs/{job_id} instead"})
-def job_events(job_id: str):
+def job_events(job_id: str) -> Response:
     """Stream the job's progress; the stream closes after a while and EventSource reconnects."""
     svc = services()
     owner = current_owner()
@@ -248,7 +248,7 @@ def job_events(job_id: str):
                    202: "Not ready yet: retry after the Retry-After seconds",
                    304: "Not modified (If-None-Match)", 401: ERRORS[401], 404: ERRORS[404],
                    422: "The image failed: the reason is in 'message'"})
-def get_result(job_id: str, n: int, query: dict):
+def get_result(job_id: str, n: int, query: dict) -> Response:
     """The processed image.
 
     With the header `Prefer: wait=N` (N up to 30) an image that is not ready yet is waited for, up to
@@ -263,7 +263,7 @@ def get_result(job_id: str, n: int, query: dict):
                          "content": {t: {"schema": {"type": "string", "format": "binary"}}
                                      for t in sorted(set(MEDIA_TYPES.values()))}},
                    304: "Not modified (If-None-Match)", 401: ERRORS[401], 404: ERRORS[404]})
-def get_source(job_id: str, n: int, query: dict):
+def get_source(job_id: str, n: int, query: dict) -> Response:
     """The source image."""
     _, task = _task(job_id, n)
     fmt = task.source_format if task.source_format in MEDIA_TYPES else None
@@ -278,7 +278,7 @@ def get_source(job_id: str, n: int, query: dict):
         responses={200: {"description": "A zip; FAILED.txt inside lists the images without a result",
                          "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
                    401: ERRORS[401], 404: ERRORS[404], 409: "The job has not ended yet"})
-def get_archive(job_id: str):
+def get_archive(job_id: str) -> Response:
     """All results as one zip."""
     svc = services()
     job = svc.store.get_job(job_id, owner=current_owner())
@@ -296,7 +296,7 @@ def get_archive(job_id: str):
 @bp.delete("/jobs/<job_id>")
 @bp.output({}, status_code=204, description="Cancelled, and its data deleted")
 @bp.doc(summary="Cancel a job and delete its images", responses={401: ERRORS[401], 404: ERRORS[404]})
-def delete_job(job_id: str):
+def delete_job(job_id: str) -> tuple[str, int]:
     """Cancel the job and delete its data."""
     services().store.delete_job(job_id, owner=current_owner())
     return "", 204

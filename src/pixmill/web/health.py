@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 from apiflask import APIBlueprint
 from flask import Flask, Response, current_app
@@ -59,7 +60,7 @@ class StoreCollector(Collector):
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         """The metrics, from one call to Store.stats()."""
         stats = self.store.stats()
         tasks = GaugeMetricFamily("pixmill_tasks", "Tasks in the store, by state", labels=["state"])
@@ -89,7 +90,7 @@ def init_app(app: Flask) -> None:
 @bp.doc(summary="Health: the store and the workers",
         responses={503: {"description": "The store does not answer, or no worker is alive",
                          "content": {"application/json": {"schema": HealthOut}}}})
-def healthz():
+def healthz() -> tuple[dict[str, str | int], int]:
     """200 when the store answers and a worker is alive, else 503."""
     store = services().store
     try:
@@ -105,7 +106,7 @@ def healthz():
 @bp.doc(summary="Prometheus metrics",
         responses={200: {"description": "Prometheus text format",
                          "content": {"text/plain": {"schema": {"type": "string"}}}}})
-def metrics():
+def metrics() -> Response:
     """Tasks by state, queue depth, workers and a processing-time histogram."""
     registry = current_app.extensions["pixmill.metrics"]
     current_app.extensions["pixmill.task_times"].update()

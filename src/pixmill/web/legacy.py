@@ -32,7 +32,7 @@ def _authenticate() -> None:
                                   "(or 422 with the reason if it failed)")
 @bp.doc(summary="The original upload form: one operation per file",
         responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 507)})
-def upload():
+def upload() -> dict[str, str | list[str]]:
     """Multipart `files` and `operations`, repeated and in the same order, as the original application took."""
     job, _ = receive_upload(strict=False)
     n = len(job.tasks)

@@ -17,8 +17,22 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Settings
+
+if TYPE_CHECKING:  # mpi4py only once a pool needs it: this module patches it if it is loaded
+    from mpi4py.futures._core import Pool as MpiPool
+    from mpi4py.futures._core import _Item
+
+    class _Polling(Protocol):
+        """mpi4py's Backoff as the patched sleep sees it: its three times and the two deadlines it adds."""
+
+        tval: float
+        tmax: float
+        tmin: float
+        quick_until: float
+        warm_until: float
 
 __all__ = ["Backoff", "DEFAULT_BACKOFF", "FAST_SECONDS", "quick_backoff_after_handoff"]
 
@@ -67,7 +81,7 @@ def quick_backoff_after_handoff(caps: Backoff = DEFAULT_BACKOFF, *, wake_on_subm
     fast, warm = caps.fast, caps.warm
     warm_seconds = 0.0 if wake_on_submit else caps.warm_seconds  # a submit wakes the manager: no warm spell
 
-    def sleep(self) -> None:  # mpi4py's own, plus the caps while a hand-off is recent
+    def sleep(self: _Polling) -> None:  # mpi4py's own, plus the caps while a hand-off is recent
         if self.tval == 0.0:  # reset() at a hand-off sets tval to 0
             self.quick_until = time.monotonic() + FAST_SECONDS
             self.warm_until = self.quick_until + warm_seconds
@@ -84,7 +98,7 @@ def quick_backoff_after_handoff(caps: Backoff = DEFAULT_BACKOFF, *, wake_on_subm
 
     push = pool.push
 
-    def push_and_wake(self, item) -> None:
+    def push_and_wake(self: MpiPool, item: _Item[Any]) -> None:
         push(self, item)
         try:
             gate.release()

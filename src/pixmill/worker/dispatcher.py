@@ -82,7 +82,7 @@ class Dispatcher:
 
     def __init__(self, store: Store, settings: Settings, make_pool: Callable[[], Executor], *, workers: int,
                  engine: str, dispatcher_id: str | None = None, task: Callable[..., Result] = process,
-                 drain_seconds: float = 10.0, parent_pid: int | None = None):
+                 drain_seconds: float = 10.0, parent_pid: int | None = None) -> None:
         self.store, self.settings, self.make_pool = store, settings, make_pool
         self.workers, self.engine, self.task = workers, engine, task
         self.host = socket.gethostname()

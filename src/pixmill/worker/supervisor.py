@@ -44,7 +44,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 class Supervisor:
     """Keeps one dispatcher child process running; start() it, then stop() it."""
 
-    def __init__(self, settings: Settings, *, task: str | None = None, env: dict[str, str] | None = None):
+    def __init__(self, settings: Settings, *, task: str | None = None, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.task = task              # "module:function" instead of process(), for tests
         self.env = env

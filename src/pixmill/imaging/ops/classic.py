@@ -30,24 +30,24 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
            Param("aperture", "int", 3, "Sobel aperture size", min=3, max=7, odd=True),
            depth16=False, alpha="split",
            check=lambda p: _require(p["low"] <= p["high"], "low must not be above high"))
-def edge_detection(image, *, low, high, aperture):
+def edge_detection(image: np.ndarray, *, low: int, high: int, aperture: int) -> np.ndarray:
     return cv2.Canny(image, low, high, apertureSize=aperture)
 
 
 @operation("color_inversion", "Invert every colour (a photographic negative); alpha is kept", alpha="split")
-def color_inversion(image):
+def color_inversion(image: np.ndarray) -> np.ndarray:
     return cv2.bitwise_not(image)
 
 
 @operation("grayscale", "Convert to gray (ITU-R BT.601 weights)", alpha="split")
-def grayscale(image):
+def grayscale(image: np.ndarray) -> np.ndarray:
     return to_gray(image)
 
 
 @operation("blur", "Gaussian blur",
            Param("ksize", "int", 5, "kernel size in pixels", min=1, max=99, odd=True),
            Param("sigma", "float", 0.0, "standard deviation; 0 derives it from the kernel size", min=0, max=100))
-def blur(image, *, ksize, sigma):
+def blur(image: np.ndarray, *, ksize: int, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (ksize, ksize), sigma)
 
 
@@ -61,7 +61,7 @@ _THRESHOLD = {"binary": cv2.THRESH_BINARY, "binary_inv": cv2.THRESH_BINARY_INV, 
                  choices=("binary", "binary_inv", "trunc", "tozero", "tozero_inv", "otsu", "triangle", "adaptive")),
            Param("block", "int", 11, "neighbourhood size for adaptive mode", min=3, max=99, odd=True),
            depth16=False, alpha="split")
-def threshold(image, *, value, mode, block):
+def threshold(image: np.ndarray, *, value: int, mode: str, block: int) -> np.ndarray:
     gray = to_gray(image)
     if mode == "adaptive":
         return cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_GAUSSIAN_C, cv2.THRESH_BINARY, block, 2)
@@ -89,7 +89,7 @@ def resize_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            Param("scale", "float", 0.5, "scale factor when no width or height is given", min=0.01, max=8),
            Param("interpolation", "choice", "linear", "resampling filter", choices=tuple(INTERPOLATION)),
            size=resize_shape)
-def resize(image, *, width, height, scale, interpolation):
+def resize(image: np.ndarray, *, width: int | None, height: int | None, scale: float, interpolation: str) -> np.ndarray:
     flag = INTERPOLATION[interpolation]
     h, w = resize_shape(image.shape[0], image.shape[1], {"width": width, "height": height, "scale": scale})
     if width is None and height is None and min(image.shape[0], image.shape[1]) * scale >= 1:

@@ -18,7 +18,7 @@ def _saturate(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
                  choices=("x", "y", "both")),
            Param("ksize", "int", 3, "kernel size", min=1, max=7, odd=True),
            alpha="split")
-def sobel(image, *, direction, ksize):
+def sobel(image: np.ndarray, *, direction: str, ksize: int) -> np.ndarray:
     gray = to_gray(image).astype(np.float32)
     if direction == "x":
         magnitude = np.abs(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=ksize))
@@ -33,7 +33,7 @@ def sobel(image, *, direction, ksize):
 @operation("laplacian", "Laplacian (second derivative) magnitude on the gray image",
            Param("ksize", "int", 3, "kernel size", min=1, max=7, odd=True),
            alpha="split")
-def laplacian(image, *, ksize):
+def laplacian(image: np.ndarray, *, ksize: int) -> np.ndarray:
     gray = to_gray(image).astype(np.float32)
     return _saturate(np.abs(cv2.Laplacian(gray, cv2.CV_32F, ksize=ksize)), image.dtype)
 
@@ -41,7 +41,7 @@ def laplacian(image, *, ksize):
 @operation("emboss", "Emboss: light and shadow along edges, as if pressed into metal",
            Param("strength", "float", 1.0, "depth of the relief", min=0.1, max=5),
            alpha="split")
-def emboss(image, *, strength):
+def emboss(image: np.ndarray, *, strength: float) -> np.ndarray:
     kernel = np.array([[-1, -1, 0], [-1, 0, 1], [0, 1, 1]], np.float32) * strength
     kernel[1, 1] = 1
     return cv2.filter2D(image, -1, kernel)

@@ -14,7 +14,7 @@ from .tone import apply_curve, to_depth
 
 @operation("pixelate", "Pixelate: replace each block by its average colour",
            Param("block", "int", 8, "block size in pixels", min=2, max=512))
-def pixelate(image, *, block):
+def pixelate(image: np.ndarray, *, block: int) -> np.ndarray:
     height, width = image.shape[:2]
     rows, cols = -(-height // block), -(-width // block)
     padded = cv2.copyMakeBorder(image, 0, rows * block - height, 0, cols * block - width, cv2.BORDER_REPLICATE)
@@ -29,7 +29,7 @@ _SEPIA = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 
 @operation("sepia", "Sepia tone, like an old photograph (gray images become colour)",
            Param("strength", "float", 1.0, "0 leaves the image unchanged, 1 is full sepia", min=0, max=1),
            alpha="split")
-def sepia(image, *, strength):
+def sepia(image: np.ndarray, *, strength: float) -> np.ndarray:
     matrix = (1 - strength) * np.eye(3) + strength * _SEPIA
     return cv2.transform(to_bgr(image), matrix)
 
@@ -39,7 +39,7 @@ def sepia(image, *, strength):
            Param("radius", "float", 1.0, "where the darkening is complete, as a fraction of the "
                  "centre-to-corner distance", min=0.2, max=3),
            alpha="split")
-def vignette(image, *, strength, radius):
+def vignette(image: np.ndarray, *, strength: float, radius: float) -> np.ndarray:
     height, width = image.shape[:2]
     # -1..1 from the first to the last pixel centre, so the corner pixels get the full strength
     y = (np.arange(height, dtype=np.float32) - (height - 1) / 2) / ((height - 1) / 2 or 1)
@@ -56,7 +56,7 @@ def vignette(image, *, strength, radius):
            Param("block", "int", 9, "neighbourhood for finding outlines; larger gives bolder lines",
                  min=3, max=51, odd=True),
            depth16=False, alpha="split")
-def cartoon(image, *, levels, block):
+def cartoon(image: np.ndarray, *, levels: int, block: int) -> np.ndarray:
     edges = cv2.adaptiveThreshold(cv2.medianBlur(to_gray(image), 5), 255, cv2.ADAPTIVE_THRESH_MEAN_C,
                                   cv2.THRESH_BINARY, block, 2)
     smooth = cv2.bilateralFilter(image, 9, 75, 75)
@@ -71,7 +71,7 @@ _ORDERS = tuple("".join(p) for p in itertools.permutations("bgr"))
            Param("order", "choice", "rgb", "which input channels become blue, green and red",
                  choices=_ORDERS),
            alpha="split")
-def channel_swap(image, *, order):
+def channel_swap(image: np.ndarray, *, order: str) -> np.ndarray:
     if image.ndim == 2:
         return image.copy()
     return np.ascontiguousarray(image[..., ["bgr".index(c) for c in order]])
@@ -86,5 +86,5 @@ _COLORMAPS = {"viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "inf
 @operation("colormap", "False colour: map the gray levels onto a colour scale",
            Param("name", "choice", "viridis", "colour scale", choices=tuple(_COLORMAPS)),
            depth16=False, alpha="split")
-def colormap(image, *, name):
+def colormap(image: np.ndarray, *, name: str) -> np.ndarray:
     return cv2.applyColorMap(to_gray(image), _COLORMAPS[name])

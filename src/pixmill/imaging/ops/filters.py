@@ -12,7 +12,7 @@ from .registry import Param, operation
            Param("amount", "float", 1.0, "strength; 0 leaves the image unchanged", min=0, max=10),
            Param("radius", "float", 1.0, "blur radius (Gaussian sigma) in pixels", min=0.1, max=50),
            alpha="split")
-def sharpen(image, *, amount, radius):
+def sharpen(image: np.ndarray, *, amount: float, radius: float) -> np.ndarray:
     soft = cv2.GaussianBlur(image, (0, 0), radius)
     return cv2.addWeighted(image, 1 + amount, soft, -amount, 0)
 
@@ -21,7 +21,7 @@ def sharpen(image, *, amount, radius):
            Param("ksize", "int", 5, "window size in pixels (16-bit images keep full precision up to 5)",
                  min=3, max=99, odd=True),
            alpha="split")
-def median(image, *, ksize):
+def median(image: np.ndarray, *, ksize: int) -> np.ndarray:
     if image.dtype == np.uint8 or ksize <= 5:
         return cv2.medianBlur(image, ksize)
     # OpenCV's median takes 16 bits only for windows of 3 and 5: larger ones run on the high byte
@@ -33,7 +33,7 @@ def median(image, *, ksize):
            Param("sigma_color", "float", 75.0, "how different colours may be and still mix", min=1, max=300),
            Param("sigma_space", "float", 75.0, "how far apart pixels may be and still mix", min=1, max=300),
            depth16=False, alpha="split")
-def bilateral(image, *, d, sigma_color, sigma_space):
+def bilateral(image: np.ndarray, *, d: int, sigma_color: float, sigma_space: float) -> np.ndarray:
     return cv2.bilateralFilter(image, d, sigma_color, sigma_space)
 
 
@@ -41,7 +41,7 @@ def bilateral(image, *, d, sigma_color, sigma_space):
            Param("strength", "float", 10.0, "filter strength h; higher removes more noise and detail",
                  min=1, max=50),
            depth16=False, alpha="split")
-def denoise(image, *, strength):
+def denoise(image: np.ndarray, *, strength: float) -> np.ndarray:
     if image.ndim == 2:
         return cv2.fastNlMeansDenoising(image, None, strength, 7, 21)
     return cv2.fastNlMeansDenoisingColored(image, None, strength, strength, 7, 21)

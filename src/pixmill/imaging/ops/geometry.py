@@ -30,7 +30,7 @@ def rotate_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            Param("interpolation", "choice", "linear", "resampling filter for angles that are not quarter turns",
                  choices=tuple(_WARP)),
            size=rotate_shape)
-def rotate(image, *, angle, expand, interpolation):
+def rotate(image: np.ndarray, *, angle: float, expand: bool, interpolation: str) -> np.ndarray:
     turn = angle % 360
     if turn % 90 == 0:
         return image.copy() if turn == 0 else cv2.rotate(image, _QUARTER_TURNS[int(turn)])
@@ -50,7 +50,7 @@ _FLIP = {"horizontal": 1, "vertical": 0, "both": -1}
 @operation("flip", "Mirror the image left-right, top-bottom or both",
            Param("direction", "choice", "horizontal", "horizontal mirrors left-right, vertical top-bottom",
                  choices=tuple(_FLIP)))
-def flip(image, *, direction):
+def flip(image: np.ndarray, *, direction: str) -> np.ndarray:
     return cv2.flip(image, _FLIP[direction])
 
 
@@ -70,7 +70,7 @@ def crop_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            Param("height", "int", None, "height in pixels (empty: to the bottom edge)", min=1, max=100_000,
                  nullable=True),
            size=crop_shape)
-def crop(image, *, x, y, width, height):
+def crop(image: np.ndarray, *, x: int, y: int, width: int | None, height: int | None) -> np.ndarray:
     img_h, img_w = image.shape[:2]
     if x >= img_w or y >= img_h:
         raise ValueError(f"the crop starts at x={x}, y={y}, outside the {img_w}×{img_h} image; "
@@ -90,7 +90,7 @@ def thumbnail_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            Param("width", "int", 256, "box width in pixels", min=1, max=30_000),
            Param("height", "int", 256, "box height in pixels", min=1, max=30_000),
            size=thumbnail_shape, shrink_on_load=True)
-def thumbnail(image, *, width, height):
+def thumbnail(image: np.ndarray, *, width: int, height: int) -> np.ndarray:
     out_h, out_w = thumbnail_shape(image.shape[0], image.shape[1], {"width": width, "height": height})
     if (out_h, out_w) == image.shape[:2]:
         return image.copy()
@@ -112,7 +112,7 @@ def pad_shape(height: int, width: int, params: dict) -> tuple[int, int]:
                  choices=tuple(_BORDER)),
            Param("fill", "int", 0, "gray level 0..255 of a constant border (opaque)", min=0, max=255),
            size=pad_shape)
-def pad(image, *, size, mode, fill):
+def pad(image: np.ndarray, *, size: int, mode: str, fill: int) -> np.ndarray:
     top = np.iinfo(image.dtype).max
     level = fill * top // 255
     channels = 1 if image.ndim == 2 else image.shape[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cv2
+import numpy as np
 
 from .registry import Param, operation
 
@@ -20,6 +21,6 @@ _SHAPES = {"rect": cv2.MORPH_RECT, "ellipse": cv2.MORPH_ELLIPSE, "cross": cv2.MO
            Param("shape", "choice", "rect", "structuring element shape", choices=tuple(_SHAPES)),
            Param("iterations", "int", 1, "how many times to apply it", min=1, max=20),
            alpha="split")
-def morphology(image, *, op, ksize, shape, iterations):
+def morphology(image: np.ndarray, *, op: str, ksize: int, shape: str, iterations: int) -> np.ndarray:
     kernel = cv2.getStructuringElement(_SHAPES[shape], (ksize, ksize))
     return cv2.morphologyEx(image, _MORPH[op], kernel, iterations=iterations)

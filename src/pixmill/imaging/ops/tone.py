@@ -19,7 +19,7 @@ def apply_curve(image: np.ndarray, curve: Callable[[np.ndarray], np.ndarray]) ->
     return cv2.LUT(image, lut) if image.dtype == np.uint8 else lut[image]
 
 
-def to_depth(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def to_depth(values: np.ndarray, dtype: np.dtype | type[np.integer]) -> np.ndarray:
     """Round and clip float values (in the dtype's units) back to the integer dtype."""
     return np.clip(np.rint(values), 0, np.iinfo(dtype).max).astype(dtype)
 
@@ -28,7 +28,7 @@ def to_depth(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
            Param("brightness", "int", 10, "added light: -100 is black, 100 is white", min=-100, max=100),
            Param("contrast", "int", 10, "spread around mid-gray: -100 is flat gray, 100 is 4×", min=-100, max=100),
            alpha="split")
-def brightness_contrast(image, *, brightness, contrast):
+def brightness_contrast(image: np.ndarray, *, brightness: int, contrast: int) -> np.ndarray:
     factor = ((100 + contrast) / 100) ** 2
     return apply_curve(image, lambda x: (x - 0.5) * factor + 0.5 + brightness / 100)
 
@@ -36,7 +36,7 @@ def brightness_contrast(image, *, brightness, contrast):
 @operation("gamma", "Gamma correction: above 1 brightens the mid-tones, below 1 darkens them",
            Param("gamma", "float", 1.5, "gamma; 1 leaves the image unchanged", min=0.1, max=5),
            alpha="split")
-def gamma(image, *, gamma):
+def gamma(image: np.ndarray, *, gamma: float) -> np.ndarray:
     return apply_curve(image, lambda x: x ** (1 / gamma))
 
 
@@ -44,7 +44,7 @@ def gamma(image, *, gamma):
            Param("clip_limit", "float", 2.0, "contrast limit per tile; higher is stronger", min=0.1, max=40),
            Param("tiles", "int", 8, "the image is split into tiles×tiles regions", min=1, max=32),
            alpha="split")
-def equalize(image, *, clip_limit, tiles):
+def equalize(image: np.ndarray, *, clip_limit: float, tiles: int) -> np.ndarray:
     clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
     if image.ndim == 2:
         return clahe.apply(image)
@@ -62,7 +62,7 @@ def equalize(image, *, clip_limit, tiles):
 @operation("posterize", "Reduce each channel to a few evenly spaced levels",
            Param("levels", "int", 4, "number of levels per channel", min=2, max=64),
            alpha="split")
-def posterize(image, *, levels):
+def posterize(image: np.ndarray, *, levels: int) -> np.ndarray:
     return apply_curve(image, lambda x: np.minimum(np.floor(x * levels), levels - 1) / (levels - 1))
 
 
@@ -89,7 +89,7 @@ def _stretch_lut(low: int, high: int, dtype: np.dtype) -> np.ndarray:
                  "luminance keeps the colours; per_channel also corrects a colour cast",
                  choices=("luminance", "per_channel")),
            alpha="split")
-def autocontrast(image, *, cutoff, mode):
+def autocontrast(image: np.ndarray, *, cutoff: float, mode: str) -> np.ndarray:
     if mode == "luminance" or image.ndim == 2:
         return _stretch_lut(*stretch_bounds(to_gray(image), cutoff), image.dtype)[image]
     luts = np.stack([_stretch_lut(*stretch_bounds(np.ascontiguousarray(image[..., c]), cutoff), image.dtype)
@@ -100,7 +100,7 @@ def autocontrast(image, *, cutoff, mode):
 @operation("saturation", "Make colours more vivid (above 1) or duller (below 1; 0 is gray)",
            Param("factor", "float", 1.5, "saturation factor; 1 leaves the image unchanged", min=0, max=4),
            alpha="split")
-def saturation(image, *, factor):
+def saturation(image: np.ndarray, *, factor: float) -> np.ndarray:
     if image.ndim == 2:
         return image.copy()
     values = image.astype(np.float32)
@@ -111,7 +111,7 @@ def saturation(image, *, factor):
 @operation("hue_shift", "Turn every hue around the colour wheel",
            Param("degrees", "float", 90.0, "angle on the colour wheel", min=-180, max=180),
            alpha="split")
-def hue_shift(image, *, degrees):
+def hue_shift(image: np.ndarray, *, degrees: float) -> np.ndarray:
     if image.ndim == 2:
         return image.copy()
     top = np.iinfo(image.dtype).max
