@@ -27,7 +27,6 @@ from hypothesis.extra.numpy import arrays
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from conftest import params_strategy
 from pixmill.config import Settings
 from pixmill.errors import PixmillError
 from pixmill.imaging import codec
@@ -37,6 +36,7 @@ from pixmill.imaging.process import OUTPUT_FORMATS, Output, process
 from pixmill.store import Store
 from pixmill.web import create_app
 from support.servers import running_server
+from support.strategies import params_strategy
 from support.web import dispatcher, make_client, wait_job
 
 REAL = Path(__file__).parents[1] / "data" / "real"
