@@ -12,7 +12,7 @@ import click
 
 from ..config import load_settings
 from ..errors import PixmillError
-from ..imaging.pipeline import parse_pipeline
+from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output
 from ..limits import read_limited
 from ..store import JOB_ENDED, JobState, JobView, Store
@@ -22,7 +22,7 @@ __all__ = ["submit", "status"]
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@options.images("sources")
 @options.pipeline
 @options.output_format
 @options.quality
@@ -32,21 +32,13 @@ __all__ = ["submit", "status"]
               help="With --wait: give up after this many seconds.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --wait: write the results into this directory.")
-def submit(images: tuple[Path, ...], spec: str, fmt: str, quality: int, data_dir: Path | None, wait_: bool,
+def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, data_dir: Path | None, wait_: bool,
            timeout: float | None, out_dir: Path | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
     from ..store import NewTask
-    from ..worker.batch import collect_inputs
 
     settings = load_settings(data_dir=data_dir)
-    try:
-        pipeline = parse_pipeline(spec)
-    except PixmillError as exc:
-        raise click.BadParameter(exc.message, param_hint="--pipeline") from None
-    sources = collect_inputs(images)
-    if not sources:
-        raise click.UsageError("no image files found in the inputs given")
     if len(sources) > settings.max_files:
         raise click.UsageError(f"{len(sources)} images, over the limit of {settings.max_files} per job")
     with Store.open(settings) as store:

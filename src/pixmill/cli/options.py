@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 
 import click
 
+from ..errors import PixmillError
+from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import OUTPUT_FORMATS
 from ..worker.engine import ENGINES
 
-__all__ = ["data_dir", "engine", "workers", "pipeline", "output_format", "quality"]
+__all__ = ["data_dir", "engine", "workers", "images", "pipeline", "output_format", "quality"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,13 +25,37 @@ data_dir = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Folder of the store: database and images (default ./pixmill-data, or PIXMILL_DATA_DIR).")
 
+
+
+def _parse_pipeline(ctx: click.Context, param: click.Parameter, spec: str) -> Pipeline:
+    try:
+        return parse_pipeline(spec)
+    except PixmillError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _collect_images(ctx: click.Context, param: click.Parameter, paths: tuple[Path, ...]) -> list[Path]:
+    from ..worker.batch import collect_inputs
+
+    sources = collect_inputs(paths)
+    if not sources:
+        raise click.UsageError("no image files found in the inputs given")
+    return sources
+
+
 pipeline = click.option(
-    "-p", "--pipeline", "spec", required=True,
+    "-p", "--pipeline", "pipeline", required=True, callback=_parse_pipeline,
     help="Operations to apply, e.g. 'grayscale | blur(ksize=7)' or a JSON list of steps.")
+
+
+def images(name: str) -> Callable[[F], F]:
+    """The image files and directories a command takes, as the list of image files they name (never empty)."""
+    return click.argument(name, nargs=-1, required=True, type=click.Path(exists=True, path_type=Path),
+                          metavar="IMAGES...", callback=_collect_images)
 
 output_format = click.option(
     "-f", "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="auto", show_default=True,
-    help="Output format; auto keeps JPEG as JPEG, WebP as WebP, and writes PNG otherwise.")
+    help="Output format; auto keeps JPEG as JPEG and lossy WebP as WebP, and writes PNG otherwise.")
 
 quality = click.option(
     "-q", "--quality", type=click.IntRange(1, 100), default=90, show_default=True,

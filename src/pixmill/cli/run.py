@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from ..config import load_settings
-from ..errors import PixmillError
 from ..imaging.ops import catalogue, operations
-from ..imaging.pipeline import parse_pipeline
+from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output
 from ..limits import DEFAULT_MAX_PIXELS
 from . import options
@@ -20,7 +19,7 @@ __all__ = ["run", "ops"]
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@options.images("sources")
 @options.pipeline
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the results, written as name.<ops>.<ext>.")
@@ -30,23 +29,16 @@ __all__ = ["run", "ops"]
 @options.quality
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help=f"Refuse images with more pixels (default {DEFAULT_MAX_PIXELS // 1_000_000} MP).")
-def run(inputs: tuple[Path, ...], spec: str, out_dir: Path, engine: str | None, workers: int | None,
+def run(sources: list[Path], pipeline: Pipeline, out_dir: Path, engine: str | None, workers: int | None,
         fmt: str, quality: int, max_pixels: int | None) -> None:
     """Process image files and directories in parallel with one pipeline."""
     from tqdm import tqdm
 
     from ..worker.backoff import Backoff
-    from ..worker.batch import collect_inputs, run_batch
+    from ..worker.batch import run_batch
     from ..worker.engine import make_executor
 
     settings = load_settings(engine=engine, workers=workers, max_pixels=max_pixels)
-    try:
-        pipeline = parse_pipeline(spec)
-    except PixmillError as exc:
-        raise click.BadParameter(exc.message, param_hint="--pipeline") from None
-    sources = collect_inputs(inputs)
-    if not sources:
-        raise click.UsageError("no image files found in the inputs given")
     count = min(settings.worker_count(), len(sources))
     output = Output(fmt, quality)
     with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None) as bar, \
