@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -67,6 +68,10 @@ class HealthProbe:
     def __enter__(self) -> HealthProbe:
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      start_new_session=True)
+        # Wait for its first answer: on a fast machine the test's requests could otherwise all be
+        # over before the probe's interpreter has started, and it would see too few answers.
+        if select.select([self.proc.stdout], [], [], 30)[0]:
+            self._keep(self.proc.stdout.readline())
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,6 +81,10 @@ class HealthProbe:
             self.proc.kill()
             out, _ = self.proc.communicate()
         for line in out.splitlines():
+            self._keep(line)
+
+    def _keep(self, line: str) -> None:
+        if line.strip():
             status, seconds = line.split()
             self.seen.append((int(status), float(seconds)))
 
@@ -273,7 +282,8 @@ def test_malformed_http_never_gets_a_5xx_or_leaves_anything_behind(tmp_path):
     limit = 1 << 20
     env = {"PIXMILL_MAX_REQUEST_BYTES": str(limit), "PIXMILL_MAX_FILE_BYTES": str(limit // 2)}
     image = (REAL / "sk_camera.png").read_bytes()
-    with running_server(tmp_path / "serve", engine="local", workers=1, env=env) as server, HealthProbe(server) as probe:
+    with running_server(tmp_path / "serve", engine="local", workers=1, env=env) as server, \
+            HealthProbe(server, interval=0.05) as probe:
         url, answers = server.url, {}
         slow = [socket.create_connection(("127.0.0.1", int(url.rstrip("/").rsplit(":", 1)[1])), timeout=5)
                 for _ in range(30)]                         # slowloris: 30 connections that never finish
