@@ -407,3 +407,30 @@ def test_an_event_stream_sees_a_commit_made_between_its_looks(store, settings):
         assert next(chunks).startswith(b"event: end")
     finally:
         response.close()
+
+
+def test_a_wait_that_times_out_returns_only_after_the_watcher_has_stopped_looking_for_it(tmp_path: Path):
+    # The watching thread may be running a request's check when the request's wait runs out; the
+    # request must not return (and its test or app close the store) while that check still runs.
+    from pixmill.store.dbwatch import CommitSignal
+    from pixmill.web.waiting import Waits
+
+    db_path = tmp_path / "pixmill.db"
+    db_path.touch()
+    waits, running, calls = Waits(db_path), threading.Event(), []
+
+    def check() -> bool:
+        calls.append(threading.current_thread().name)
+        if len(calls) > 1:            # the watcher's look, after the commit below: slower than the wait
+            running.set()
+            time.sleep(0.6)
+            running.clear()
+        return False
+
+    signal = CommitSignal(db_path)
+    threading.Timer(0.1, signal.send).start()
+    began = time.monotonic()
+    assert waits.until(check, 0.3) is False
+    assert not running.is_set(), "the request returned while its check was still running"
+    assert time.monotonic() - began >= 0.6 and calls[1] == "pixmill-waits"
+    signal.close()

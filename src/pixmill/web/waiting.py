@@ -43,6 +43,10 @@ class _Waiter:
     check: Callable[[], bool]
     ready: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    # Held while check() runs, and taken by the request before it returns: the watching thread then
+    # never looks on a request's behalf after it has ended, when its store may be closed.
+    looking: threading.Lock = field(default_factory=threading.Lock)
+    ended: bool = False
 
 
 class Waits:
@@ -83,6 +87,8 @@ class Waits:
             with self._lock:
                 self._waiters.discard(waiter)
                 self._last_wait = time.monotonic()
+            with waiter.looking:
+                waiter.ended = True
         if waiter.error is not None:
             raise waiter.error
         return woke
@@ -110,9 +116,12 @@ class Waits:
 
     @staticmethod
     def _look(waiter: _Waiter) -> None:
-        try:
-            if waiter.check():
+        with waiter.looking:
+            if waiter.ended:
+                return
+            try:
+                if waiter.check():
+                    waiter.ready.set()
+            except Exception as exc:  # e.g. NotFound: the job was deleted meanwhile; the request raises it
+                waiter.error = exc
                 waiter.ready.set()
-        except Exception as exc:  # e.g. NotFound: the job was deleted meanwhile; the request raises it
-            waiter.error = exc
-            waiter.ready.set()
