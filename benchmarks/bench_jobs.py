@@ -134,6 +134,7 @@ def main() -> None:
               f"{run_wall / warm:.2f} from submit; cold worker {run_wall / cold:.2f}; "
               f"processing alone {run_busy / busy:.2f}")
 
+
 if __name__ == "__main__":
     started = time.perf_counter()
     main()

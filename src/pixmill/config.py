@@ -9,11 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .limits import DEFAULT_MAX_PIXELS
+from .limits import DEFAULT_MAX_PIXELS, GiB, MiB
 
 __all__ = ["Settings", "load_settings"]
-
-MB = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,9 +25,9 @@ class Settings:
     port: int = 5000
     max_pixels: int = DEFAULT_MAX_PIXELS      # per image, read from the header before decoding
     max_files: int = 100                      # per job
-    max_file_bytes: int = 50 * MB             # per uploaded file
-    max_request_bytes: int = 500 * MB         # per request
-    quota_bytes: int = 10 * 1024 * MB         # the data dir's blobs
+    max_file_bytes: int = 50 * MiB            # per uploaded file
+    max_request_bytes: int = 500 * MiB        # per request
+    quota_bytes: int = 10 * GiB               # the data dir's blobs
     ttl_seconds: int = 24 * 3600              # jobs older than this are deleted with their blobs
     task_timeout: float = 60.0                # seconds one task may run
     max_attempts: int = 3                     # worker crashes before a task fails

@@ -109,7 +109,6 @@ def test_random_params_on_small_arrays(op, op_params):
     run()
 
 
-
 ORIGINAL = {
     "edge_detection": lambda img: cv2.Canny(img, 100, 200),
     "color_inversion": cv2.bitwise_not,
@@ -138,7 +137,6 @@ def test_changed_parameters_of_the_original(real_image):
     assert wide.shape == (600, 800, 3)  # 480×360 keeps its 4:3 aspect ratio
     assert np.array_equal(wide, cv2.resize(image, (800, 600), interpolation=cv2.INTER_LINEAR))
     assert apply(image, "resize(height=90)").shape == (90, 120, 3)
-
 
 
 @pytest.fixture
@@ -316,7 +314,6 @@ def test_alpha_is_kept_by_split_operations(real_image):
     for spec in ["grayscale", "sobel", "sepia", "cartoon"]:
         out = apply(image, spec)
         assert np.array_equal(out[..., 3], image[..., 3]), spec
-
 
 
 def test_catalogue_is_json_and_complete():

@@ -193,6 +193,7 @@ def test_grayscale_after_a_shrunk_thumbnail_is_left_to_the_decoder(monkeypatch):
 
 def test_the_decoders_luma_matches_grayscale_of_its_colour():
     data = generated_jpeg()
+
     def need(h: int, w: int) -> tuple[int, int]:
         return h // 4, w // 4
 

@@ -36,7 +36,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data")
 
 
-
 @pytest.fixture
 def watch(store: Store):
     """A watcher of the store's database, opened after the store (so its folder exists)."""

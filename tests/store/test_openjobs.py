@@ -47,8 +47,6 @@ def settings(tmp_path: Path) -> Settings:
                     max_file_bytes=1 * MB, max_request_bytes=3 * MB, lease_seconds=30, max_attempts=3)
 
 
-
-
 # ---- helpers
 
 def new_tasks(store: Store, count: int, *, first: int = 0) -> list[NewTask]:

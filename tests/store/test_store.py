@@ -26,7 +26,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", quota_bytes=10_000, lease_seconds=30, max_attempts=3)
 
 
-
 def make_job(store: Store, count: int = 3, *, owner: str | None = None, size: int = 10) -> JobView:
     tasks = [NewTask(f"img{i}.png", GRAY, store.put_blob(bytes([i]) * size), "png") for i in range(count)]
     return store.create_job(tasks, Output("png", 80), owner=owner)

@@ -21,12 +21,6 @@ HOSTILE = Path(__file__).parents[1] / "data" / "hostile_real"
 MB = 1024 * 1024
 
 
-
-
-
-
-
-
 class BufferedClient(FlaskClient):
     """A test client that reads each response whole and closes it (so served files are closed)."""
 
@@ -37,8 +31,6 @@ class BufferedClient(FlaskClient):
 def make_client(app):
     app.test_client_class = BufferedClient
     return app.test_client()
-
-
 
 
 @contextmanager

@@ -37,7 +37,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", engine="mpi", workers=3, lease_seconds=600.0)
 
 
-
 def environment(settings: Settings) -> dict[str, str]:
     bindir = str(Path(sys.executable).parent)  # mpiexec of the mpich wheel
     return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),

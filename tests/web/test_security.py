@@ -59,7 +59,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", engine="local", workers=1, max_files=len(NAMES) + 2)
 
 
-
 @pytest.fixture
 def client(settings: Settings, store: Store):
     return make_client(create_app(settings, store, sse_poll=0.05, sse_max_seconds=0.5))

@@ -37,6 +37,7 @@ from support.web import (
 
 # ---- the catalogue, the documents, the page
 
+
 def test_operations_lists_the_registry_with_ranges(client):
     response = client.get("/api/v1/operations")
     assert response.status_code == 200

@@ -32,7 +32,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", engine="local", workers=2, task_timeout=60.0, lease_seconds=30.0)
 
 
-
 @contextlib.contextmanager
 def dispatching(store: Store, settings: Settings, *, task: Callable = process, workers: int = 2):
     """A dispatcher on a local pool, running in a thread until the block ends."""

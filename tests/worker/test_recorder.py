@@ -30,7 +30,6 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", lease_seconds=30, max_attempts=3)
 
 
-
 @pytest.fixture
 def recorders():
     """Recorders made by a test; each one is closed (its thread joined) at the end."""

@@ -26,7 +26,6 @@ data_dir = click.option(
     help="Folder of the store: database and images (default ./pixmill-data, or PIXMILL_DATA_DIR).")
 
 
-
 def _parse_pipeline(ctx: click.Context, param: click.Parameter, spec: str) -> Pipeline:
     try:
         return parse_pipeline(spec)
@@ -52,6 +51,7 @@ def images(name: str) -> Callable[[F], F]:
     """The image files and directories a command takes, as the list of image files they name (never empty)."""
     return click.argument(name, nargs=-1, required=True, type=click.Path(exists=True, path_type=Path),
                           metavar="IMAGES...", callback=_collect_images)
+
 
 output_format = click.option(
     "-f", "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="auto", show_default=True,

@@ -138,12 +138,12 @@ def job_view(job: sqlite3.Row, rows: list[sqlite3.Row]) -> JobView:
                    output=output_from_json(job["output"]), tasks=tasks)
 
 
-
 def new_job_id() -> str:
     """A fresh job id: 144 random bits, URL-safe, never starting with '-' (a shell would read an option)."""
     while (job_id := secrets.token_urlsafe(18)).startswith("-"):
         pass
     return job_id
+
 
 class Jobs:
     """Sealed jobs and their tasks: each state change one method and one transaction."""
