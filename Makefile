@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install serve demo test test-fast lint browser-deps bench clean
+.PHONY: install serve demo test test-fast lint browser-deps postgres-deps bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,10 +26,18 @@ browser-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The PostgreSQL fixture runs Debian's initdb and pg_ctl from /usr/lib/postgresql in a cluster of its
+# own; the package's default cluster, which the install may start, is stopped again.
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	  $$SUDO service postgresql stop >/dev/null 2>&1 || true; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install browser-deps lint
+test: install browser-deps postgres-deps lint
 	$(VENV)/bin/pytest -q
 
 test-fast: install

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from hypothesis import strategies as st
 from pixmill.config import Settings
 from pixmill.store import Store
 from pixmill.web import create_app
+from support.postgres import PostgresServer, running_postgres
+from support.s3 import S3Server, running_s3
 from support.strategies import params_strategy
 from support.web import MB, make_client
 
@@ -89,3 +93,37 @@ def schemathesis_config():
 
     statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
     return SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": statuses}}})
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session on 127.0.0.1 (run as the postgres user when the tests run as root)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh empty database on `postgres`, dropped after the test."""
+    name = f"pixmill_test_{next(_database_numbers)}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server over real HTTP on 127.0.0.1 for the session (its log in the session's tmp dir)."""
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3: S3Server) -> Iterator[str]:
+    """The name of a fresh, empty bucket of `s3`, deleted with its objects after the test."""
+    name = s3.create_bucket(f"pixmill-test-{uuid.uuid4().hex[:12]}")
+    yield name
+    s3.delete_bucket(name)
