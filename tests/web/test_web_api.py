@@ -57,7 +57,7 @@ def test_openapi_document_describes_every_endpoint(client):
                  "/api/v1/jobs/{job_id}/archive", "/upload", "/healthz", "/metrics"):
         assert path in paths, path
     form = paths["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) == {"files", "operations", "pipeline", "format", "quality"}
+    assert set(form["properties"]) == {"files", "operations", "pipeline", "format", "quality", "color"}
     assert "delete" in paths["/api/v1/jobs/{job_id}"]
 
 
@@ -144,13 +144,39 @@ def test_one_pipeline_for_all_files_with_format_and_quality(client, store, setti
                                  "format": "webp", "quality": "70"})
     assert response.status_code == 202, response.get_json()
     job = response.get_json()
-    assert job["output"] == {"format": "webp", "quality": 70}
+    assert job["output"] == {"format": "webp", "quality": 70, "color": "srgb"}
     assert {t["pipeline"] for t in job["tasks"]} == {"blur(ksize=3)"}
     with dispatcher(store, settings):
         done = wait_job(client, job["id"])
     for task in done["tasks"]:
         result = client.get(path_of(task["result_url"]))
         assert result.mimetype == "image/webp" and codec.sniff(result.data) == "webp"
+
+
+def test_a_heic_upload_and_color_keep(client, store, settings):
+    import pillow_heif
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    rocket = Image.open(REAL / "sk_rocket.jpg")
+    pillow_heif.from_pillow(rocket).save(buffer, quality=90, icc_profile=rocket.info["icc_profile"])
+    heic = buffer.getvalue()
+    response = post_job(client, {"files": [(io.BytesIO(heic), "phone.heic"), *files("sk_rocket.jpg")],
+                                 "pipeline": "resize(scale=0.5)", "color": "keep"})
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["output"]["color"] == "keep"
+    assert [t["source_format"] for t in job["tasks"]] == ["heic", "jpeg"]
+    with dispatcher(store, settings):
+        done = wait_job(client, job["id"])
+    assert done["counts"]["done"] == 2, done
+    for task in done["tasks"]:
+        result = client.get(path_of(task["result_url"]))
+        assert result.mimetype == "image/jpeg" and task["result_format"] == "jpeg"
+        assert Image.open(io.BytesIO(result.data)).info["icc_profile"] == rocket.info["icc_profile"]
+        assert any("kept in Adobe RGB" in note for note in task["notes"])
+    source = client.get(path_of(done["tasks"][0]["source_url"]))
+    assert source.mimetype == "image/heic" and source.data == heic
 
 
 def test_original_upload_form_and_its_urls(client, store, settings):
@@ -256,6 +282,8 @@ REFUSALS = {
                    400, "invalid_request", ["format must be one of"]),
     "bad quality": ({"files": files("sk_camera.png"), "pipeline": "blur", "quality": "101"},
                     400, "invalid_request", ["quality", "1..100"]),
+    "bad color": ({"files": files("sk_camera.png"), "pipeline": "blur", "color": "cmyk"},
+                  400, "invalid_request", ["color must be one of srgb, keep"]),
     "unknown field": ({"files": files("sk_camera.png"), "pipeline": "blur", "colour": "red"},
                       400, "invalid_request", ["'colour'"]),
 }

@@ -26,14 +26,15 @@ __all__ = ["submit", "status"]
 @options.pipeline
 @options.output_format
 @options.quality
+@options.color
 @options.data_dir
 @click.option("--wait", "wait_", is_flag=True, help="Wait until every task has ended, then print the status.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="With --wait: give up after this many seconds.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --wait: write the results into this directory.")
-def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, data_dir: Path | None, wait_: bool,
-           timeout: float | None, out_dir: Path | None) -> None:
+def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, color_mode: str, data_dir: Path | None,
+           wait_: bool, timeout: float | None, out_dir: Path | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
     from ..store import NewTask
@@ -54,7 +55,7 @@ def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, data
                 tasks.append(NewTask(source.name, pipeline, store.put_blob(data), info.format))
             if problems:
                 raise click.UsageError("refused, nothing was queued:\n  " + "\n  ".join(problems))
-            job = store.create_job(tasks, Output(fmt, quality))
+            job = store.create_job(tasks, Output(fmt, quality, color_mode))
         except BaseException:
             store.delete_blobs(t.blob for t in tasks)
             raise

@@ -14,10 +14,10 @@ import click
 
 from ..errors import PixmillError
 from ..imaging.pipeline import Pipeline, parse_pipeline
-from ..imaging.process import OUTPUT_FORMATS
+from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS
 from ..worker.engine import ENGINES
 
-__all__ = ["data_dir", "engine", "workers", "images", "pipeline", "output_format", "quality"]
+__all__ = ["data_dir", "engine", "workers", "images", "pipeline", "output_format", "quality", "color"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,11 +55,15 @@ def images(name: str) -> Callable[[F], F]:
 
 output_format = click.option(
     "-f", "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="auto", show_default=True,
-    help="Output format; auto keeps JPEG as JPEG and lossy WebP as WebP, and writes PNG otherwise.")
+    help="Output format; auto keeps JPEG, AVIF and lossy WebP as they are, writes HEIC as JPEG and the rest as PNG.")
 
 quality = click.option(
     "-q", "--quality", type=click.IntRange(1, 100), default=90, show_default=True,
-    help="Quality of JPEG and WebP outputs.")
+    help="Quality of JPEG, WebP and AVIF outputs.")
+
+color = click.option(
+    "--color", "color_mode", type=click.Choice(COLOR_MODES), default="srgb", show_default=True,
+    help="srgb: convert an embedded ICC profile to sRGB; keep: process in the source's colours and embed its profile.")
 
 
 def engine(note: str = "") -> Callable[[F], F]:

@@ -27,10 +27,11 @@ __all__ = ["run", "ops"]
 @options.workers()
 @options.output_format
 @options.quality
+@options.color
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help=f"Refuse images with more pixels (default {DEFAULT_MAX_PIXELS // 1_000_000} MP).")
 def run(sources: list[Path], pipeline: Pipeline, out_dir: Path, engine: str | None, workers: int | None,
-        fmt: str, quality: int, max_pixels: int | None) -> None:
+        fmt: str, quality: int, color_mode: str, max_pixels: int | None) -> None:
     """Process image files and directories in parallel with one pipeline."""
     from tqdm import tqdm
 
@@ -40,7 +41,7 @@ def run(sources: list[Path], pipeline: Pipeline, out_dir: Path, engine: str | No
 
     settings = load_settings(engine=engine, workers=workers, max_pixels=max_pixels)
     count = min(settings.worker_count(), len(sources))
-    output = Output(fmt, quality)
+    output = Output(fmt, quality, color_mode)
     with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None) as bar, \
             make_executor(settings.engine, count, backoff=Backoff.from_settings(settings)) as executor:
         report = run_batch(sources, pipeline, output, out_dir, executor, workers=count,

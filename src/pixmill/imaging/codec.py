@@ -3,8 +3,10 @@
 Formats are found from the bytes, never the file name.  The header is read and the pixel limit
 enforced before anything is decoded.  Decoders are strict: a truncated or corrupt file is an error,
 never a partly grey image.  JPEG is decoded by libjpeg-turbo in strict mode (simplejpeg), PNG by
-OpenCV's libpng after the still image's chunks are picked out (containers.clean_png), and GIF, BMP,
-WebP and TIFF by Pillow.  Outputs are encoded by OpenCV and carry no metadata.
+OpenCV's libpng after the still image's chunks are picked out (containers.clean_png), HEIC by
+libheif (pillow-heif), and GIF, BMP, WebP, TIFF and AVIF by Pillow.  An embedded ICC profile is
+applied on decoding (see color.py).  Outputs are encoded by OpenCV, AVIF by Pillow (and a TIFF
+with a profile by tifffile); they carry no metadata but, when asked to keep it, the source's ICC profile.
 """
 
 from __future__ import annotations
@@ -17,22 +19,27 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import pillow_heif
 import simplejpeg
-from PIL import Image, UnidentifiedImageError
+import tifffile
+from PIL import AvifImagePlugin, Image, UnidentifiedImageError
 
 from ..errors import CorruptImage, ImageTooLarge, ProcessingFailed, UnsupportedFormat
 from ..limits import format_bytes
-from . import containers
+from . import color, containers
 
 __all__ = ["FORMATS", "MEDIA_TYPES", "EXTENSIONS", "ImageInfo", "Decoded",
-           "sniff", "probe", "decode", "encode", "output_format", "jpeg_scale"]
+           "sniff", "probe", "decode", "encode", "output_format", "jpeg_scale", "set_threads"]
 
-FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff")
+FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "heic", "avif")
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
-               "bmp": "image/bmp", "tiff": "image/tiff"}
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tif"}
-ACCEPTED = "JPEG, PNG, WebP, GIF, BMP and TIFF"
-MAX_SIDE = {"jpeg": 65535, "webp": 16383}
+               "bmp": "image/bmp", "tiff": "image/tiff", "heic": "image/heic", "avif": "image/avif"}
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tif",
+              "heic": "heic", "avif": "avif"}
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC and AVIF"
+MAX_SIDE = {"jpeg": 65535, "webp": 16383, "avif": 65535}
+# A HEIC photo from a phone is a grid of a few dozen to a few hundred tiles; each tile is decoded on its own.
+MAX_GRID_TILES = 4096
 # 16-bit colour takes 6 or 8 bytes a pixel: the decoded size is capped as for 8-bit RGBA at the pixel limit.
 MAX_BYTES_PER_PIXEL = 4
 
@@ -43,7 +50,7 @@ _OTHER_BINARY = ((b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\x
                  (b"\x00\x00\x01\x00", "ICO"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"))
 _OTHER_TEXT = ((b"<svg", "SVG"), (b"<?xml", "XML or SVG"), (b"<!doctype html", "HTML"), (b"<html", "HTML"))
 _PILLOW_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "DIB": "bmp",
-                   "TIFF": "tiff"}
+                   "TIFF": "tiff", "AVIF": "avif"}
 _ORIENTATION_TAG = 0x0112
 # pixmill's own limit, checked on the header's size with a message naming it, replaces Pillow's.
 Image.MAX_IMAGE_PIXELS = None
@@ -62,6 +69,7 @@ class ImageInfo:
     lossy: bool = False
     notes: tuple[str, ...] = ()
     bytes_per_pixel: int = 4
+    icc: bytes | None = None
 
     @property
     def pixels(self) -> int:
@@ -74,7 +82,8 @@ class Decoded:
     """A decoded image in OpenCV layout, its source format and notes on what was done to it.
 
     `scale` is 1, or 2, 4 or 8 for a JPEG that the decoder shrank by that factor on request;
-    `full_shape` is the (height, width) of the whole image, orientation applied."""
+    `full_shape` is the (height, width) of the whole image, orientation applied; `icc` is the
+    source's profile when its colours were kept (color="keep"), for the encoder to embed."""
 
     image: np.ndarray
     format: str
@@ -82,6 +91,7 @@ class Decoded:
     notes: list[str] = field(default_factory=list)
     scale: int = 1
     full_shape: tuple[int, int] = (0, 0)
+    icc: bytes | None = None
 
 
 def sniff(data: bytes) -> str:
@@ -91,6 +101,9 @@ def sniff(data: bytes) -> str:
     for magic, name in _MAGIC:
         if data.startswith(magic):
             return name
+    heif = containers.heif_kind(data)
+    if heif:
+        return "avif" if heif == "avif" else "heic"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     text = all(32 <= b < 127 or b in (9, 10, 13) for b in data[:256])
@@ -108,7 +121,13 @@ def sniff(data: bytes) -> str:
 def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
     """Read the header (never the pixels), and refuse an image over max_pixels."""
     fmt = sniff(data)
-    info = _probe_png(data) if fmt == "png" else _probe_pillow(data, fmt)
+    heif = _check_heif_boxes(data, fmt, max_pixels) if fmt in ("heic", "avif") else None
+    if fmt == "png":
+        info = _probe_png(data)
+    elif fmt == "heic":
+        info = _probe_heic(data, heif)
+    else:
+        info = _probe_pillow(data, fmt)
     if info.width <= 0 or info.height <= 0:
         raise CorruptImage(f"the header says the image is {info.width}×{info.height}")
     if info.pixels > max_pixels:
@@ -122,14 +141,20 @@ def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
 
 
 def decode(data: bytes, *, max_pixels: int,
-           shrink_to: Callable[[int, int], tuple[int, int]] | None = None, gray: bool = False) -> Decoded:
+           shrink_to: Callable[[int, int], tuple[int, int]] | None = None, gray: bool = False,
+           color_mode: str = "srgb") -> Decoded:
     """Decode into an OpenCV-layout array with EXIF orientation applied, or raise a PixmillError.
 
     shrink_to(height, width) may give the smallest (height, width) the caller needs of the whole
     (oriented) image: a JPEG is then decoded at 1/2, 1/4 or 1/8 scale if that still covers it.
     With gray, a colour JPEG so decoded at a reduced scale is decoded to the luma it stores (BT.601
-    weights, as grayscale uses)."""
+    weights, as grayscale uses), unless its colours are to be converted first.  With color_mode
+    "srgb" an embedded profile is applied; with "keep" it is handed on in `Decoded.icc`."""
     info = probe(data, max_pixels=max_pixels)
+    profile = color.read_profile(info.icc)
+    cmyk = info.mode.startswith("CMYK")
+    if profile is not None and not profile.is_srgb and (color_mode == "srgb" or cmyk):
+        gray = False
     transposed = info.orientation in (5, 6, 7, 8)
     full = (info.width, info.height) if transposed else (info.height, info.width)
     scale = 1
@@ -140,6 +165,8 @@ def decode(data: bytes, *, max_pixels: int,
         image = _decode_jpeg(data, info, scale, gray=gray and scale > 1)
     elif info.format == "png":
         image = _decode_png(data)
+    elif info.format == "heic":
+        image = _decode_heic(data)
     elif info.format == "tiff" and info.bytes_per_pixel > MAX_BYTES_PER_PIXEL:  # 16-bit colour
         image = _decode_opencv(data, "TIFF")
     else:
@@ -153,7 +180,29 @@ def decode(data: bytes, *, max_pixels: int,
     if info.orientation != 1:
         image = _orient(image, info.orientation)
         notes.append(f"EXIF orientation {info.orientation} applied")
-    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes, scale, full)
+    image, icc = _manage_color(image, info, profile, cmyk, color_mode, notes)
+    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes, scale, full, icc)
+
+
+def _manage_color(image: np.ndarray, info: ImageInfo, profile: color.Profile | None, cmyk: bool,
+                  color_mode: str, notes: list[str]) -> tuple[np.ndarray, bytes | None]:
+    """The image in sRGB (or, keeping its colours, as it is with the profile to embed), noting what was done."""
+    if cmyk:
+        image, note = color.cmyk_to_srgb(image, profile)
+        notes.append(note + ("; CMYK is always converted" if color_mode == "keep" else ""))
+        return image, None
+    if info.icc and profile is None:
+        notes.append("the embedded ICC profile cannot be read: colours taken as sRGB")
+        return image, None
+    if profile is None or profile.is_srgb:
+        return image, None
+    if color_mode == "keep":
+        notes.append(f"colours kept in {profile.name}: its profile is embedded in the result")
+        return image, profile.data
+    image, note = color.to_srgb(image, profile)
+    if note:
+        notes.append(note)
+    return image, None
 
 
 def jpeg_scale(height: int, width: int, need_height: int, need_width: int) -> int:
@@ -168,34 +217,86 @@ def jpeg_scale(height: int, width: int, need_height: int, need_width: int) -> in
     return 1
 
 
-def output_format(requested: str, source: str, *, lossy: bool = True) -> str:
-    """The format to write: the requested one, or for auto JPEG→JPEG, lossy WebP→WebP, the rest→PNG."""
+def output_format(requested: str, source: str, *, lossy: bool = True, accept: tuple[str, ...] = ()) -> str:
+    """The format to write: the requested one, or for auto the first of accept (formats the client
+    said it takes), else JPEG→JPEG, HEIC→JPEG, AVIF→AVIF, lossy WebP→WebP, the rest→PNG."""
     if requested != "auto":
         return requested
-    if source == "jpeg" or (source == "webp" and lossy):
+    if accept:
+        return accept[0]
+    if source in ("jpeg", "avif") or (source == "webp" and lossy):
         return source
-    return "png"
+    return "jpeg" if source == "heic" else "png"
 
 
-def encode(image: np.ndarray, fmt: str, *, quality: int = 90) -> tuple[bytes, list[str]]:
-    """Encode an OpenCV-layout array; returns the bytes and notes on any conversion."""
+def encode(image: np.ndarray, fmt: str, *, quality: int = 90, icc: bytes | None = None) -> tuple[bytes, list[str]]:
+    """Encode an OpenCV-layout array, with icc embedded if given; returns the bytes and notes on any conversion."""
     notes: list[str] = []
     limit = MAX_SIDE.get(fmt)
     if limit and max(image.shape[:2]) > limit:
         raise ProcessingFailed(f"{fmt.upper()} images are at most {limit} pixels wide and high, and the result is "
                                f"{image.shape[1]}×{image.shape[0]}; choose png or tiff output")
-    if fmt in ("jpeg", "webp") and image.dtype == np.uint16:
+    if fmt in ("jpeg", "webp", "avif") and image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
-        notes.append(f"{fmt.upper()} holds 8 bits per channel: converted from 16-bit")
+        notes.append(f"{fmt.upper()} holds 8 bits per channel here: converted from 16-bit")
     if fmt == "jpeg" and image.ndim == 3 and image.shape[2] == 4:
         image = _flatten_alpha(image)
         notes.append("JPEG has no transparency: composited on white")
+    profile = color.read_profile(icc)
+    if profile is not None and profile.space != ("gray" if image.ndim == 2 else "rgb"):
+        kind = "gray" if image.ndim == 2 else "colour"
+        notes.append(f"the source's {profile.space} profile ({profile.name}) does not fit a {kind} result: "
+                     f"not embedded, the colours are those of the source's space")
+        icc = None
+    if fmt == "tiff" and icc:
+        return _encode_tiff(image, icc), notes
+    if fmt == "avif":
+        return _encode_avif(image, quality, icc), notes
     params = {"jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality], "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
               "png": [cv2.IMWRITE_PNG_COMPRESSION, 3], "tiff": []}[fmt]
     ok, buffer = cv2.imencode("." + EXTENSIONS[fmt], image, params)
     if not ok:
         raise ProcessingFailed(f"the result could not be encoded as {fmt.upper()}")
-    return buffer.tobytes(), notes
+    data = buffer.tobytes()
+    if icc:
+        alpha = image.ndim == 3 and image.shape[2] == 4
+        embed = {"png": lambda: containers.png_with_icc(data, icc),
+                 "jpeg": lambda: containers.jpeg_with_icc(data, icc),
+                 "webp": lambda: containers.webp_with_icc(data, icc, image.shape[1], image.shape[0], alpha)}[fmt]
+        data = embed()
+    return data, notes
+
+
+def set_threads(threads: int) -> None:
+    """Let OpenCV and the HEIC and AVIF codecs use this many threads in this process."""
+    cv2.setNumThreads(threads)
+    pillow_heif.options.DECODE_THREADS = max(1, threads)
+    AvifImagePlugin.DEFAULT_MAX_THREADS = max(1, threads)
+
+
+def _encode_tiff(image: np.ndarray, icc: bytes) -> bytes:
+    """TIFF with a profile, through tifffile (OpenCV's writer has no ICC tag): deflate, unassociated alpha."""
+    colour = image.ndim == 3
+    pixels = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB) if colour else image
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, photometric="rgb" if colour else "minisblack", compression="zlib",
+                     extrasamples=("unassalpha",) if colour and image.shape[2] == 4 else None,
+                     iccprofile=icc, metadata=None)
+    return buffer.getvalue()
+
+
+def _encode_avif(image: np.ndarray, quality: int, icc: bytes | None) -> bytes:
+    """AVIF through Pillow's libavif, one thread per worker like OpenCV."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    buffer = io.BytesIO()
+    params = {"icc_profile": icc} if icc else {}
+    try:
+        Image.fromarray(image).save(buffer, "AVIF", quality=quality, max_threads=max(1, cv2.getNumThreads()),
+                                    **params)
+    except (OSError, ValueError) as exc:
+        raise ProcessingFailed(f"the result could not be encoded as AVIF ({_reason(exc)})") from None
+    return buffer.getvalue()
 
 
 def _probe_png(data: bytes) -> ImageInfo:
@@ -211,7 +312,44 @@ def _probe_png(data: bytes) -> ImageInfo:
     channels = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}.get(header.color_type, 4)
     depth = 2 if header.bit_depth == 16 else 1
     return ImageInfo("png", header.width, header.height, "", header.animated, orientation, False, tuple(notes),
-                     channels * depth)
+                     channels * depth, header.icc)
+
+
+def _check_heif_boxes(data: bytes, fmt: str, max_pixels: int) -> containers.HeifHeader:
+    """Refuse, from the boxes alone, a HEIF whose image items are over max_pixels or whose grids are too big."""
+    label = fmt.upper()
+    try:
+        header = containers.read_heif(data)
+    except containers.ChunkError as exc:
+        raise CorruptImage(f"the {label} is damaged: {exc}") from None
+    for width, height in header.sizes:
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}×{height} is {width * height / 1e6:.1f} MP, "
+                                f"over the {max_pixels / 1e6:g} MP limit (from the {label}'s ispe box)")
+    if header.derived_refs > MAX_GRID_TILES:
+        raise ImageTooLarge(f"the {label} is a grid of {header.derived_refs} tiles, "
+                            f"over the {MAX_GRID_TILES}-tile limit")
+    return header
+
+
+def _probe_heic(data: bytes, header: containers.HeifHeader) -> ImageInfo:
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, bgr_mode=True)
+        width, height = heif.size
+        mode, depth, icc = heif.mode, heif.info.get("bit_depth", 8), heif.info.get("icc_profile")
+        images = len(heif)
+    except (ValueError, RuntimeError, EOFError, OSError) as exc:
+        text = str(exc)
+        if "end of file" in text.lower() or "insufficient input" in text.lower():
+            raise CorruptImage(f"the HEIC is truncated ({_reason(exc)})") from None
+        if "unsupported" in text.lower():
+            raise UnsupportedFormat(f"this HEIF cannot be read ({_reason(exc)}); pixmill reads HEVC-coded HEIC "
+                                    f"and AVIF") from None
+        raise CorruptImage(f"the HEIC header is damaged ({_reason(exc)})") from None
+    notes = ["HEIF rotation and mirroring (irot, imir) applied; its EXIF orientation is ignored"] \
+        if header.transformed else []
+    bytes_per_pixel = (2 if depth > 8 else 1) * (4 if "A" in mode else 3 if mode != "L" else 1)
+    return ImageInfo("heic", width, height, "", images > 1, 1, True, tuple(notes), bytes_per_pixel, icc)
 
 
 def _probe_pillow(data: bytes, fmt: str) -> ImageInfo:
@@ -234,13 +372,16 @@ def _probe_pillow(data: bytes, fmt: str) -> ImageInfo:
         raise UnsupportedFormat(f"not a supported image: the header is {pillow_format}; pixmill accepts {ACCEPTED}")
     notes: list[str] = []
     orientation = _orientation(im.getexif, notes)
+    if mode == "CMYK" and "adobe" in im.info:
+        mode = "CMYK;I"  # Adobe's APP14 marker: the inks are stored inverted, as Photoshop writes them
     try:
         animated = bool(getattr(im, "is_animated", False))
     except Exception:
         animated = False
-    lossy = fmt == "jpeg" or (fmt == "webp" and containers.webp_is_lossy(data))
+    lossy = fmt in ("jpeg", "avif") or (fmt == "webp" and containers.webp_is_lossy(data))
     deep = fmt == "tiff" and _tiff_is_deep(im)
-    return ImageInfo(fmt, width, height, mode, animated, orientation, lossy, tuple(notes), 8 if deep else 4)
+    return ImageInfo(fmt, width, height, mode, animated, orientation, lossy, tuple(notes), 8 if deep else 4,
+                     im.info.get("icc_profile") or None)
 
 
 def _orientation(read_exif: Callable[[], Image.Exif], notes: list[str]) -> int:
@@ -263,6 +404,9 @@ def _decode_jpeg(data: bytes, info: ImageInfo, scale: int = 1, *, gray: bool = F
     try:
         if info.mode == "L" or (gray and info.mode == "RGB"):
             return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, **size)[..., 0]
+        if info.mode.startswith("CMYK"):  # as ink amounts (see _probe_pillow)
+            ink = simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True, **size)
+            return 255 - ink if info.mode == "CMYK;I" else ink
         return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size)
     except ValueError as exc:
         text = str(exc).strip()
@@ -287,6 +431,23 @@ def _decode_opencv(data: bytes, label: str) -> np.ndarray:
         raise UnsupportedFormat(f"{label} with {image.dtype} samples is not supported; use 8 or 16 bits per channel")
     if image.ndim == 3 and image.shape[2] == 2:
         image = np.dstack([cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR), image[..., 1]])
+    return image
+
+
+def _decode_heic(data: bytes) -> np.ndarray:
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, bgr_mode=True)
+        image = np.asarray(heif)
+    except MemoryError:
+        raise ImageTooLarge("the image needs more memory to decode than is allowed") from None
+    except (ValueError, RuntimeError, EOFError, OSError) as exc:
+        text = str(exc).lower()
+        if "security limit" in text:
+            raise ImageTooLarge(f"the HEIC is over libheif's limits ({_reason(exc)})") from None
+        what = "truncated" if "end of file" in text or "insufficient" in text else "damaged"
+        raise CorruptImage(f"the HEIC data is {what} and cannot be decoded ({_reason(exc)})") from None
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
     return image
 
 

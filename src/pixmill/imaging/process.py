@@ -13,26 +13,38 @@ import cv2
 from ..errors import PixmillError, ProcessingFailed
 from ..limits import DEFAULT_MAX_PIXELS
 from . import codec
+from .color import COLOR_MODES
 from .ops import get_operation
 from .pipeline import Pipeline, run_pipeline
 
-__all__ = ["Output", "Result", "process", "OUTPUT_FORMATS"]
+__all__ = ["Output", "Result", "process", "OUTPUT_FORMATS", "NEGOTIABLE_FORMATS", "COLOR_MODES"]
 
-OUTPUT_FORMATS = ("auto", "png", "jpeg", "webp", "tiff")
+OUTPUT_FORMATS = ("auto", "png", "jpeg", "webp", "tiff", "avif")
+# The formats `auto` may switch to when the client says it accepts them, best first.
+NEGOTIABLE_FORMATS = ("avif", "webp")
 
 
 @dataclass(frozen=True)
 class Output:
-    """How to encode a result: a format (auto keeps JPEG as JPEG and lossless as PNG) and a quality."""
+    """How to encode a result: a format (auto keeps JPEG as JPEG and lossless as PNG), a quality, what
+    to do with an embedded colour profile (convert to sRGB, or keep it), and for auto the formats the
+    client accepts (negotiated from its Accept header), best first."""
 
     format: str = "auto"
     quality: int = 90
+    color: str = "srgb"
+    accept: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.format not in OUTPUT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be an integer in 1..100, got {self.quality}")
+        if self.color not in COLOR_MODES:
+            raise ValueError(f"color must be one of {', '.join(COLOR_MODES)}, got {self.color!r}")
+        object.__setattr__(self, "accept", tuple(self.accept))
+        if any(fmt not in NEGOTIABLE_FORMATS for fmt in self.accept):
+            raise ValueError(f"accept holds only {', '.join(NEGOTIABLE_FORMATS)}, got {self.accept!r}")
 
 
 @dataclass(frozen=True)
@@ -60,10 +72,10 @@ def process(data: bytes, pipeline: Pipeline, output: Output = Output(), *,
             max_pixels: int = DEFAULT_MAX_PIXELS) -> Result:
     """Decode data, run the pipeline on it and encode the result."""
     try:
-        decoded, pipeline = _decode(data, pipeline, max_pixels)
+        decoded, pipeline = _decode(data, pipeline, max_pixels, output.color)
         image, notes = run_pipeline(pipeline, decoded.image, max_pixels=max_pixels)
-        fmt = codec.output_format(output.format, decoded.format, lossy=decoded.lossy)
-        encoded, encode_notes = codec.encode(image, fmt, quality=output.quality)
+        fmt = codec.output_format(output.format, decoded.format, lossy=decoded.lossy, accept=output.accept)
+        encoded, encode_notes = codec.encode(image, fmt, quality=output.quality, icc=decoded.icc)
     except PixmillError:
         raise
     except MemoryError:
@@ -74,7 +86,7 @@ def process(data: bytes, pipeline: Pipeline, output: Output = Output(), *,
                   tuple(decoded.notes) + tuple(notes) + tuple(encode_notes))
 
 
-def _decode(data: bytes, pipeline: Pipeline, max_pixels: int) -> tuple[codec.Decoded, Pipeline]:
+def _decode(data: bytes, pipeline: Pipeline, max_pixels: int, color_mode: str) -> tuple[codec.Decoded, Pipeline]:
     """Decode for this pipeline; return the image and the steps left to run.
 
     An opening shrink-on-load step is begun by the JPEG decoder (at 1/2, 1/4 or 1/8 scale) and
@@ -82,10 +94,11 @@ def _decode(data: bytes, pipeline: Pipeline, max_pixels: int) -> tuple[codec.Dec
     first = pipeline.steps[0] if pipeline.steps else None
     op = get_operation(first.op) if first else None
     if op is None or not op.shrink_on_load:
-        return codec.decode(data, max_pixels=max_pixels), pipeline
+        return codec.decode(data, max_pixels=max_pixels, color_mode=color_mode), pipeline
     params = first.kwargs
     gray = len(pipeline.steps) > 1 and pipeline.steps[1].op == "grayscale"
-    decoded = codec.decode(data, max_pixels=max_pixels, shrink_to=lambda h, w: op.size(h, w, params), gray=gray)
+    decoded = codec.decode(data, max_pixels=max_pixels, shrink_to=lambda h, w: op.size(h, w, params), gray=gray,
+                           color_mode=color_mode)
     if decoded.scale == 1:
         return decoded, pipeline
     height, width = op.size(*decoded.full_shape, params)  # the size the step gives the whole image

@@ -6,7 +6,7 @@ from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.validators import OneOf
 
-from ..imaging.process import OUTPUT_FORMATS
+from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS
 from ..store import JobState, TaskState
 
 __all__ = ["ERROR_SCHEMA", "OperationOut", "JobOut", "UploadOut", "HealthOut", "DownloadQuery",
@@ -50,6 +50,7 @@ class OperationOut(Schema):
 class OutputOut(Schema):
     format = String(validate=OneOf(OUTPUT_FORMATS))
     quality = Integer()
+    color = String(validate=OneOf(COLOR_MODES))
 
 
 class TaskOut(Schema):
@@ -112,13 +113,16 @@ def job_form_schema(max_files: int) -> dict:
         "required": ["files"],
         "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": max_files,
-                      "description": "the images (JPEG, PNG, WebP, GIF, BMP or TIFF), repeated"},
+                      "description": "the images (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF), repeated"},
             "operations": {"type": "array", "items": {"type": "string"},
                            "description": "one per file, in the same order; each an operation or a pipeline, "
                                           "e.g. 'grayscale | blur(ksize=7)'"},
             "pipeline": {"type": "string", "description": "one pipeline for every file (instead of operations)"},
             "format": {"type": "string", "enum": list(OUTPUT_FORMATS), "default": "auto"},
             "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
+            "color": {"type": "string", "enum": list(COLOR_MODES), "default": "srgb",
+                      "description": "srgb: convert an embedded ICC profile to sRGB; keep: keep the source's "
+                                     "colours and embed its profile in the result"},
         },
     }
 

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidRequest, PixmillError
 from ..imaging import codec
 from ..imaging.pipeline import Pipeline, parse_pipeline
-from ..imaging.process import OUTPUT_FORMATS, Output
+from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS, Output
 from ..limits import format_bytes
 from ..store import NewTask, Store
 from . import multipart
@@ -30,7 +30,7 @@ CHUNK = 64 * 1024          # bytes read from the request at a time
 HEAD_BYTES = 256 * 1024           # enough for the header of every format we accept, in practice
 MAX_FIELD_BYTES = 16 * 1024       # a pipeline is at most 4000 characters
 MAX_NAME_CHARS = 255
-FIELDS = ("files", "operations", "pipeline", "format", "quality")
+FIELDS = ("files", "operations", "pipeline", "format", "quality", "color")
 
 
 @dataclass
@@ -210,7 +210,10 @@ class _Reader:
                 quality = 0
             if not 1 <= quality <= 100:
                 raise InvalidRequest(f"quality must be an integer in 1..100, got {quality_text[:40]!r}")
-        return Output(format=fmt.strip().lower(), quality=quality)
+        mode = (self._single("color") or "srgb").strip().lower()
+        if mode not in COLOR_MODES:
+            raise InvalidRequest(f"color must be one of {', '.join(COLOR_MODES)}, got {mode[:40]!r}")
+        return Output(format=fmt.strip().lower(), quality=quality, color=mode)
 
     def _single(self, name: str) -> str | None:
         values = self.fields.get(name, [])

@@ -31,12 +31,12 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 def init_worker(threads: int, backoff: Backoff = DEFAULT_BACKOFF) -> None:
     """Set up a worker process: memory reuse, OpenCV's thread count, the catalogue imported once, and in
     an MPI worker the polling caps of `backoff`."""
-    import cv2
+    from pixmill.imaging import codec
 
     if "mpi4py.futures._core" in sys.modules:  # an MPI worker (never import MPI in a local one)
         quick_backoff_after_handoff(backoff)
     keep_freed_memory(KEEP_FREED_BYTES)
-    cv2.setNumThreads(threads)
+    codec.set_threads(threads)
     import pixmill.imaging.process  # noqa: F401  (imports the operation registry before the first task)
 
 
