@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from pixmill.imaging import codec
+from pixmill.imaging import codec, color
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
 
@@ -105,7 +105,7 @@ def test_keep_embeds_the_profile_in_every_output_format(fmt):
 def test_a_16_bit_input_keeps_16_bits_through_the_conversion():
     source = cv2.imread(str(REAL / "pil_tiff_16bit_RGB.tiff"), cv2.IMREAD_UNCHANGED)
     ok, png = cv2.imencode(".png", source)
-    data = codec.encode(source, "png", icc=P3)[0]
+    data = codec.encode(source, "png", profile=color.read_profile(P3))[0]
     assert ok and Image.open(io.BytesIO(data)).info["icc_profile"] == P3
     result = process(data, IDENTITY, Output("png"))
     out = cv2.imdecode(np.frombuffer(result.data, np.uint8), cv2.IMREAD_UNCHANGED)

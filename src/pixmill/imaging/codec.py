@@ -82,8 +82,8 @@ class Decoded:
     """A decoded image in OpenCV layout, its source format and notes on what was done to it.
 
     `scale` is 1, or 2, 4 or 8 for a JPEG that the decoder shrank by that factor on request;
-    `full_shape` is the (height, width) of the whole image, orientation applied; `icc` is the
-    source's profile when its colours were kept (color="keep"), for the encoder to embed."""
+    `full_shape` is the (height, width) of the whole image, orientation applied; `profile` is the
+    source's when its colours were kept (color="keep"), for the encoder to embed."""
 
     image: np.ndarray
     format: str
@@ -91,7 +91,7 @@ class Decoded:
     notes: list[str] = field(default_factory=list)
     scale: int = 1
     full_shape: tuple[int, int] = (0, 0)
-    icc: bytes | None = None
+    profile: color.Profile | None = None
 
 
 def sniff(data: bytes) -> str:
@@ -130,14 +130,18 @@ def probe(data: bytes, *, max_pixels: int) -> ImageInfo:
         info = _probe_pillow(data, fmt)
     if info.width <= 0 or info.height <= 0:
         raise CorruptImage(f"the header says the image is {info.width}×{info.height}")
-    if info.pixels > max_pixels:
-        raise ImageTooLarge(f"{info.width}×{info.height} is {info.pixels / 1e6:.1f} MP, "
-                            f"over the {max_pixels / 1e6:g} MP limit")
+    _check_pixels(info.width, info.height, max_pixels)
     if info.pixels * info.bytes_per_pixel > max_pixels * MAX_BYTES_PER_PIXEL:
         raise ImageTooLarge(f"{info.width}×{info.height} at {info.bytes_per_pixel} bytes a pixel needs "
                             f"{format_bytes(info.pixels * info.bytes_per_pixel)} decoded, over the "
                             f"{format_bytes(max_pixels * MAX_BYTES_PER_PIXEL)} limit (4 bytes × the pixel limit)")
     return info
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, where: str = "") -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{width}×{height} is {width * height / 1e6:.1f} MP, "
+                            f"over the {max_pixels / 1e6:g} MP limit{where}")
 
 
 def decode(data: bytes, *, max_pixels: int,
@@ -149,7 +153,7 @@ def decode(data: bytes, *, max_pixels: int,
     (oriented) image: a JPEG is then decoded at 1/2, 1/4 or 1/8 scale if that still covers it.
     With gray, a colour JPEG so decoded at a reduced scale is decoded to the luma it stores (BT.601
     weights, as grayscale uses), unless its colours are to be converted first.  With color_mode
-    "srgb" an embedded profile is applied; with "keep" it is handed on in `Decoded.icc`."""
+    "srgb" an embedded profile is applied; with "keep" it is handed on in `Decoded.profile`."""
     info = probe(data, max_pixels=max_pixels)
     profile = color.read_profile(info.icc)
     cmyk = info.mode.startswith("CMYK")
@@ -180,12 +184,12 @@ def decode(data: bytes, *, max_pixels: int,
     if info.orientation != 1:
         image = _orient(image, info.orientation)
         notes.append(f"EXIF orientation {info.orientation} applied")
-    image, icc = _manage_color(image, info, profile, cmyk, color_mode, notes)
-    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes, scale, full, icc)
+    image, kept = _manage_color(image, info, profile, cmyk, color_mode, notes)
+    return Decoded(np.ascontiguousarray(image), info.format, info.lossy, notes, scale, full, kept)
 
 
 def _manage_color(image: np.ndarray, info: ImageInfo, profile: color.Profile | None, cmyk: bool,
-                  color_mode: str, notes: list[str]) -> tuple[np.ndarray, bytes | None]:
+                  color_mode: str, notes: list[str]) -> tuple[np.ndarray, color.Profile | None]:
     """The image in sRGB (or, keeping its colours, as it is with the profile to embed), noting what was done."""
     if cmyk:
         image, note = color.cmyk_to_srgb(image, profile)
@@ -198,7 +202,7 @@ def _manage_color(image: np.ndarray, info: ImageInfo, profile: color.Profile | N
         return image, None
     if color_mode == "keep":
         notes.append(f"colours kept in {profile.name}: its profile is embedded in the result")
-        return image, profile.data
+        return image, profile
     image, note = color.to_srgb(image, profile)
     if note:
         notes.append(note)
@@ -229,8 +233,9 @@ def output_format(requested: str, source: str, *, lossy: bool = True, accept: tu
     return "jpeg" if source == "heic" else "png"
 
 
-def encode(image: np.ndarray, fmt: str, *, quality: int = 90, icc: bytes | None = None) -> tuple[bytes, list[str]]:
-    """Encode an OpenCV-layout array, with icc embedded if given; returns the bytes and notes on any conversion."""
+def encode(image: np.ndarray, fmt: str, *, quality: int = 90,
+           profile: color.Profile | None = None) -> tuple[bytes, list[str]]:
+    """Encode an OpenCV-layout array, with profile embedded if given; returns the bytes and notes on any conversion."""
     notes: list[str] = []
     limit = MAX_SIDE.get(fmt)
     if limit and max(image.shape[:2]) > limit:
@@ -242,7 +247,7 @@ def encode(image: np.ndarray, fmt: str, *, quality: int = 90, icc: bytes | None 
     if fmt == "jpeg" and image.ndim == 3 and image.shape[2] == 4:
         image = _flatten_alpha(image)
         notes.append("JPEG has no transparency: composited on white")
-    profile = color.read_profile(icc)
+    icc = profile.data if profile is not None else None
     if profile is not None and profile.space != ("gray" if image.ndim == 2 else "rgb"):
         kind = "gray" if image.ndim == 2 else "colour"
         notes.append(f"the source's {profile.space} profile ({profile.name}) does not fit a {kind} result: "
@@ -258,12 +263,13 @@ def encode(image: np.ndarray, fmt: str, *, quality: int = 90, icc: bytes | None 
     if not ok:
         raise ProcessingFailed(f"the result could not be encoded as {fmt.upper()}")
     data = buffer.tobytes()
-    if icc:
-        alpha = image.ndim == 3 and image.shape[2] == 4
-        embed = {"png": lambda: containers.png_with_icc(data, icc),
-                 "jpeg": lambda: containers.jpeg_with_icc(data, icc),
-                 "webp": lambda: containers.webp_with_icc(data, icc, image.shape[1], image.shape[0], alpha)}[fmt]
-        data = embed()
+    if icc and fmt == "png":
+        data = containers.png_with_icc(data, icc)
+    elif icc and fmt == "jpeg":
+        data = containers.jpeg_with_icc(data, icc)
+    elif icc:
+        data = containers.webp_with_icc(data, icc, image.shape[1], image.shape[0],
+                                        image.ndim == 3 and image.shape[2] == 4)
     return data, notes
 
 
@@ -323,9 +329,7 @@ def _check_heif_boxes(data: bytes, fmt: str, max_pixels: int) -> containers.Heif
     except containers.ChunkError as exc:
         raise CorruptImage(f"the {label} is damaged: {exc}") from None
     for width, height in header.sizes:
-        if width * height > max_pixels:
-            raise ImageTooLarge(f"{width}×{height} is {width * height / 1e6:.1f} MP, "
-                                f"over the {max_pixels / 1e6:g} MP limit (from the {label}'s ispe box)")
+        _check_pixels(width, height, max_pixels, f" (from the {label}'s ispe box)")
     if header.derived_refs > MAX_GRID_TILES:
         raise ImageTooLarge(f"the {label} is a grid of {header.derived_refs} tiles, "
                             f"over the {MAX_GRID_TILES}-tile limit")

@@ -13,6 +13,7 @@ reads the profile's description.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import warnings
@@ -53,7 +54,6 @@ def read_profile(data: bytes | None) -> Profile | None:
             parsed = ImageCms.ImageCmsProfile(io.BytesIO(data))
             name = (ImageCms.getProfileDescription(parsed) or "").strip() or "unnamed profile"
             space = _SPACES.get(parsed.profile.xcolor_space, "other")
-            imagecodecs.cms_profile_validate(data)
     except Exception:
         return None
     return Profile(data, space, name[:80])
@@ -92,5 +92,6 @@ def cmyk_to_srgb(ink: np.ndarray, profile: Profile | None) -> tuple[np.ndarray, 
     return bgr, "CMYK converted to sRGB without a profile (each ink taken from white, as browsers do)"
 
 
+@functools.cache
 def _srgb() -> bytes:
     return imagecodecs.cms_profile("srgb")

@@ -75,7 +75,7 @@ def process(data: bytes, pipeline: Pipeline, output: Output = Output(), *,
         decoded, pipeline = _decode(data, pipeline, max_pixels, output.color)
         image, notes = run_pipeline(pipeline, decoded.image, max_pixels=max_pixels)
         fmt = codec.output_format(output.format, decoded.format, lossy=decoded.lossy, accept=output.accept)
-        encoded, encode_notes = codec.encode(image, fmt, quality=output.quality, icc=decoded.icc)
+        encoded, encode_notes = codec.encode(image, fmt, quality=output.quality, profile=decoded.profile)
     except PixmillError:
         raise
     except MemoryError:
