@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install serve demo test test-fast lint browser-deps postgres-deps bench clean
+.PHONY: install serve demo test test-fast lint browser-deps postgres-deps color-deps bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,10 +34,16 @@ postgres-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; \
 	  $$SUDO service postgresql stop >/dev/null 2>&1 || true; }
 
+# A real CMYK profile for the colour tests: Ghostscript's SWOP profile, in Debian's libgs-common.
+color-deps:
+	@test -f /usr/share/color/icc/ghostscript/default_cmyk.icc || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libgs-common >/dev/null; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install browser-deps postgres-deps lint
+test: install browser-deps postgres-deps color-deps lint
 	$(VENV)/bin/pytest -q
 
 test-fast: install

@@ -8,6 +8,7 @@ or made by LittleCMS from their primaries (Display P3, linear Rec.2020).
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,7 @@ P3 = imagecodecs.cms_profile("rgb", whitepoint=D65, primaries=[0.680, 0.320, 0.2
                              gamma=2.2)
 REC2020_LINEAR = imagecodecs.cms_profile("rgb", whitepoint=D65,
                                          primaries=[0.708, 0.292, 0.170, 0.797, 0.131, 0.046], gamma=1.0)
+CMYK_ICC = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")
 ADOBE = Image.open(REAL / "sk_rocket.jpg").info["icc_profile"]
 SRGB = ImageCms.createProfile("sRGB")
 IDENTITY = parse_pipeline("resize(scale=1.0)")
@@ -139,6 +141,43 @@ def test_a_cmyk_jpeg_without_a_profile_comes_out_as_browsers_show_it(name):
     result = process(data, IDENTITY, Output("png"))
     assert mean_difference(viewer(result.data), viewer(data)) <= 2.0
     assert any("CMYK converted to sRGB" in note for note in result.notes)
+
+
+def without_app14(jpeg: bytes) -> bytes:
+    """The JPEG with Adobe's APP14 marker cut out: inverted inks that no marker announces."""
+    at = 2
+    while jpeg[at + 1] != 0xEE:
+        at += 2 + struct.unpack(">H", jpeg[at + 2:at + 4])[0]
+    return jpeg[:at] + jpeg[at + 2 + struct.unpack(">H", jpeg[at + 2:at + 4])[0]:]
+
+
+def test_a_cmyk_jpeg_without_app14_is_read_as_browsers_read_it():
+    data = without_app14(cmyk_jpeg())
+    result = process(data, IDENTITY, Output("png"))
+    assert mean_difference(viewer(data), viewer(cmyk_jpeg())) <= 1.0
+    assert mean_difference(viewer(result.data), viewer(data)) <= 2.0
+
+
+def cmyk_profile() -> bytes:
+    """Ghostscript's SWOP profile, from Debian's libgs-common (make test installs it)."""
+    assert CMYK_ICC.exists(), f"{CMYK_ICC} is missing: `make color-deps` installs Debian's libgs-common"
+    return CMYK_ICC.read_bytes()
+
+
+@pytest.mark.parametrize("app14", [True, False], ids=["adobe", "no-app14"])
+def test_a_cmyk_jpeg_with_a_profile_is_converted_through_it(app14):
+    icc = cmyk_profile()
+    source = Image.open(REAL / "sk_chelsea.png").convert("RGB")
+    ink = ImageCms.profileToProfile(source, SRGB, ImageCms.ImageCmsProfile(io.BytesIO(icc)), outputMode="CMYK")
+    buffer = io.BytesIO()
+    ink.save(buffer, "JPEG", quality=95, icc_profile=icc)
+    data = buffer.getvalue() if app14 else without_app14(buffer.getvalue())
+    result = process(data, IDENTITY, Output("png"))
+    shown = viewer(data)
+    assert mean_difference(viewer(result.data), shown) <= 2.0
+    assert mean_difference(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), shown) > 8   # naive is wrong
+    assert any("CMYK converted to sRGB through its profile (Artifex CMYK SWOP Profile)" in note
+               for note in result.notes), result.notes
 
 
 def test_a_damaged_profile_is_noted_and_the_image_still_processed():

@@ -156,7 +156,7 @@ def decode(data: bytes, *, max_pixels: int,
     "srgb" an embedded profile is applied; with "keep" it is handed on in `Decoded.profile`."""
     info = probe(data, max_pixels=max_pixels)
     profile = color.read_profile(info.icc)
-    cmyk = info.mode.startswith("CMYK")
+    cmyk = info.mode == "CMYK"
     if profile is not None and not profile.is_srgb and (color_mode == "srgb" or cmyk):
         gray = False
     transposed = info.orientation in (5, 6, 7, 8)
@@ -376,8 +376,6 @@ def _probe_pillow(data: bytes, fmt: str) -> ImageInfo:
         raise UnsupportedFormat(f"not a supported image: the header is {pillow_format}; pixmill accepts {ACCEPTED}")
     notes: list[str] = []
     orientation = _orientation(im.getexif, notes)
-    if mode == "CMYK" and "adobe" in im.info:
-        mode = "CMYK;I"  # Adobe's APP14 marker: the inks are stored inverted, as Photoshop writes them
     try:
         animated = bool(getattr(im, "is_animated", False))
     except Exception:
@@ -408,9 +406,10 @@ def _decode_jpeg(data: bytes, info: ImageInfo, scale: int = 1, *, gray: bool = F
     try:
         if info.mode == "L" or (gray and info.mode == "RGB"):
             return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, **size)[..., 0]
-        if info.mode.startswith("CMYK"):  # as ink amounts (see _probe_pillow)
-            ink = simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True, **size)
-            return 255 - ink if info.mode == "CMYK;I" else ink
+        if info.mode == "CMYK":
+            # as ink amounts: CMYK JPEGs store them inverted, as Photoshop writes them; browsers and
+            # Pillow read every CMYK JPEG so, with or without Adobe's APP14 marker, and so does pixmill
+            return 255 - simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True, **size)
         return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size)
     except ValueError as exc:
         text = str(exc).strip()
