@@ -604,7 +604,7 @@ def test_a_later_format_requeues_the_tasks_that_ran_and_their_results_follow_it(
     body.open(1)
     response = call.result(timeout=20)
     assert response.status_code == 202, response.get_json()
-    assert response.get_json()["output"] == {"format": "png", "quality": 90, "color": "srgb"}
+    assert response.get_json()["output"] == {"format": "png", "quality": 90, "color": "srgb", "accept": []}
     job = store.get_job(job_id)
     assert [(t.n, t.name, t.state, t.attempts, t.result_blob) for t in job.tasks] == \
         [(n, name, TaskState.QUEUED, 0, None) for n, name in enumerate(names)]

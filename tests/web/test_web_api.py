@@ -57,7 +57,7 @@ def test_openapi_document_describes_every_endpoint(client):
                  "/api/v1/jobs/{job_id}/archive", "/upload", "/healthz", "/metrics"):
         assert path in paths, path
     form = paths["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) == {"files", "operations", "pipeline", "format", "quality", "color"}
+    assert set(form["properties"]) == {"files", "operations", "pipeline", "format", "quality", "color", "negotiate"}
     assert "delete" in paths["/api/v1/jobs/{job_id}"]
 
 
@@ -144,7 +144,7 @@ def test_one_pipeline_for_all_files_with_format_and_quality(client, store, setti
                                  "format": "webp", "quality": "70"})
     assert response.status_code == 202, response.get_json()
     job = response.get_json()
-    assert job["output"] == {"format": "webp", "quality": 70, "color": "srgb"}
+    assert job["output"] == {"format": "webp", "quality": 70, "color": "srgb", "accept": []}
     assert {t["pipeline"] for t in job["tasks"]} == {"blur(ksize=3)"}
     with dispatcher(store, settings):
         done = wait_job(client, job["id"])
@@ -177,6 +177,45 @@ def test_a_heic_upload_and_color_keep(client, store, settings):
         assert any("kept in Adobe RGB" in note for note in task["notes"])
     source = client.get(path_of(done["tasks"][0]["source_url"]))
     assert source.mimetype == "image/heic" and source.data == heic
+
+
+NEGOTIATIONS = {
+    # Accept header, negotiate field -> the formats auto chooses from, best first
+    "avif first": ("image/avif,image/webp,*/*;q=0.8", "true", ["avif", "webp"]),
+    "q decides": ("image/avif;q=0.5, image/webp", "true", ["webp", "avif"]),
+    "webp only": ("image/webp", "1", ["webp"]),
+    "refused by q=0": ("image/avif;q=0, image/webp;q=0", "true", []),
+    "wildcards name none": ("*/*, image/*", "true", []),
+    "not asked": ("image/avif,image/webp", None, []),
+    "asked not to": ("image/avif", "false", []),
+}
+
+
+@pytest.mark.parametrize("case", list(NEGOTIATIONS), ids=list(NEGOTIATIONS))
+def test_format_auto_negotiates_from_the_accept_header_when_asked(client, store, settings, case):
+    accept, negotiate, formats = NEGOTIATIONS[case]
+    form = {"files": files("sk_camera.png", "sk_rocket.jpg"), "pipeline": "resize(scale=0.25)"}
+    if negotiate is not None:
+        form["negotiate"] = negotiate
+    response = post_job(client, form, headers={"Accept": accept})
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["output"]["accept"] == formats
+    with dispatcher(store, settings):
+        done = wait_job(client, job["id"])
+    assert done["counts"]["done"] == 2, done
+    for task, auto in zip(done["tasks"], ("png", "jpeg")):
+        result = client.get(path_of(task["result_url"]))
+        expected = formats[0] if formats else auto
+        assert task["result_format"] == expected and codec.sniff(result.data) == expected
+        assert result.mimetype == codec.MEDIA_TYPES[expected]
+
+
+def test_negotiation_leaves_an_explicit_format_alone(client, store, settings):
+    response = post_job(client, {"files": files("sk_camera.png"), "pipeline": "blur", "format": "png",
+                                 "negotiate": "true"}, headers={"Accept": "image/avif"})
+    assert response.status_code == 202
+    assert response.get_json()["output"] == {"format": "png", "quality": 90, "color": "srgb", "accept": []}
 
 
 def test_original_upload_form_and_its_urls(client, store, settings):
@@ -284,6 +323,8 @@ REFUSALS = {
                     400, "invalid_request", ["quality", "1..100"]),
     "bad color": ({"files": files("sk_camera.png"), "pipeline": "blur", "color": "cmyk"},
                   400, "invalid_request", ["color must be one of srgb, keep"]),
+    "bad negotiate": ({"files": files("sk_camera.png"), "pipeline": "blur", "negotiate": "please"},
+                      400, "invalid_request", ["negotiate must be true or false"]),
     "unknown field": ({"files": files("sk_camera.png"), "pipeline": "blur", "colour": "red"},
                       400, "invalid_request", ["'colour'"]),
 }

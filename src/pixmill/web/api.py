@@ -20,7 +20,7 @@ from .present import job_json
 from .schemas import DownloadQuery, JobOut, OperationOut
 from .security import authenticate, current_owner, download_name
 from .services import services
-from .uploads import Upload, read_upload
+from .uploads import Upload, accepted_formats, read_upload
 from .waiting import requested_wait
 
 __all__ = ["bp", "init_app", "receive_upload", "result_response"]
@@ -85,7 +85,7 @@ def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
                             f"{format_bytes(limit)} per-request limit")
     start = JobStart(svc.store, owner=current_owner())
     upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict, job=start,
-                         length=request.content_length)
+                         length=request.content_length, accept=accepted_formats(request.accept_mimetypes))
     try:
         job = start.finish(upload.tasks, upload.output)
     except BaseException:

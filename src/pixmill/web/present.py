@@ -41,7 +41,8 @@ def job_json(job: JobView, *, links: bool = True) -> dict:
     counts = job.counts()
     body = {
         "id": job.id, "state": job.state.value, "created_at": job.created_at,
-        "output": {"format": job.output.format, "quality": job.output.quality, "color": job.output.color},
+        "output": {"format": job.output.format, "quality": job.output.quality, "color": job.output.color,
+                   "accept": list(job.output.accept)},
         "counts": counts, "total": len(job.tasks), "ended": sum(counts.get(s, 0) for s in ENDED),
     }
     if links:

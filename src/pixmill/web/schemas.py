@@ -51,6 +51,8 @@ class OutputOut(Schema):
     format = String(validate=OneOf(OUTPUT_FORMATS))
     quality = Integer()
     color = String(validate=OneOf(COLOR_MODES))
+    accept = List(String(), metadata={"description": "with format auto and negotiate=true: the formats of the "
+                                                     "request's Accept header that auto chooses from, best first"})
 
 
 class TaskOut(Schema):
@@ -123,6 +125,9 @@ def job_form_schema(max_files: int) -> dict:
             "color": {"type": "string", "enum": list(COLOR_MODES), "default": "srgb",
                       "description": "srgb: convert an embedded ICC profile to sRGB; keep: keep the source's "
                                      "colours and embed its profile in the result"},
+            "negotiate": {"type": "boolean", "default": False,
+                          "description": "with format auto: write AVIF or WebP if the request's Accept header "
+                                         "names image/avif or image/webp (by its q values, AVIF first at equal q)"},
         },
     }
 

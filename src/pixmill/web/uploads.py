@@ -8,7 +8,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -18,19 +18,20 @@ from ..config import Settings
 from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidRequest, PixmillError
 from ..imaging import codec
 from ..imaging.pipeline import Pipeline, parse_pipeline
-from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS, Output
+from ..imaging.process import COLOR_MODES, NEGOTIABLE_FORMATS, OUTPUT_FORMATS, Output
 from ..limits import format_bytes
 from ..store import NewTask, Store
 from . import multipart
 from .jobstart import JobStart
 
-__all__ = ["Upload", "read_upload"]
+__all__ = ["Upload", "read_upload", "accepted_formats"]
 
 CHUNK = 64 * 1024          # bytes read from the request at a time
 HEAD_BYTES = 256 * 1024           # enough for the header of every format we accept, in practice
 MAX_FIELD_BYTES = 16 * 1024       # a pipeline is at most 4000 characters
 MAX_NAME_CHARS = 255
-FIELDS = ("files", "operations", "pipeline", "format", "quality", "color")
+FIELDS = ("files", "operations", "pipeline", "format", "quality", "color", "negotiate")
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
 @dataclass
@@ -43,8 +44,12 @@ class Upload:
 
 
 def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, store: Store, *,
-                strict: bool = True, job: JobStart | None = None, length: int | None = None) -> Upload:
+                strict: bool = True, job: JobStart | None = None, length: int | None = None,
+                accept: tuple[str, ...] = ()) -> Upload:
     """Stream a multipart body into the blob store and validate it; on any refusal delete what was written.
+
+    accept holds the formats the client's Accept header names (see accepted_formats); `format=auto`
+    uses them only if the form asks for it with `negotiate=true`.
 
     With job, tasks are handed to it as soon as their file and pipeline are known (see openjobs),
     while the body (of length bytes, if known) has more to come: once all of it has been read, the
@@ -56,7 +61,7 @@ def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, 
                              "'operations' (one per file) or one 'pipeline'")
     upload = Upload(tasks=[], output=Output())
     try:
-        _Reader(stream, boundary.encode(), settings, store, upload, strict, job, length).run()
+        _Reader(stream, boundary.encode(), settings, store, upload, strict, job, length, accept).run()
     except BaseException:
         if job is not None:
             job.abandon()
@@ -69,9 +74,10 @@ class _Reader:
     """One pass over the multipart events of one request."""
 
     def __init__(self, stream: BinaryIO, boundary: bytes, settings: Settings, store: Store,
-                 upload: Upload, strict: bool, job: JobStart | None, length: int | None) -> None:
+                 upload: Upload, strict: bool, job: JobStart | None, length: int | None,
+                 accept: tuple[str, ...]) -> None:
         self.stream, self.settings, self.store, self.upload, self.strict = stream, settings, store, upload, strict
-        self.boundary, self.job, self.length = boundary, job, length
+        self.boundary, self.job, self.length, self.accept = boundary, job, length, accept
         self.received = 0
         self.files: list[tuple[str, str, str]] = []         # (name, blob, format)
         self.fields: dict[str, list[str]] = {}
@@ -213,13 +219,28 @@ class _Reader:
         mode = (self._single("color") or "srgb").strip().lower()
         if mode not in COLOR_MODES:
             raise InvalidRequest(f"color must be one of {', '.join(COLOR_MODES)}, got {mode[:40]!r}")
-        return Output(format=fmt.strip().lower(), quality=quality, color=mode)
+        negotiate = (self._single("negotiate") or "").strip().lower()
+        if negotiate not in TRUE + FALSE:
+            raise InvalidRequest(f"negotiate must be true or false, got {negotiate[:40]!r}")
+        fmt = fmt.strip().lower()
+        accept = self.accept if negotiate in TRUE and fmt == "auto" else ()
+        return Output(format=fmt, quality=quality, color=mode, accept=accept)
 
     def _single(self, name: str) -> str | None:
         values = self.fields.get(name, [])
         if len(values) > 1:
             raise InvalidRequest(f"form field {name!r} is given more than once")
         return values[0] if values else None
+
+
+def accepted_formats(accept: Iterable[tuple[str, float]]) -> tuple[str, ...]:
+    """The negotiable formats (AVIF, WebP) that an Accept header's (media type, q) pairs name, best
+    first: by q, then in pixmill's order.  Wildcards name none, since every client sends one."""
+    named: dict[str, float] = {}
+    for value, quality in accept:
+        named[value.lower()] = quality
+    ranked = [(-named.get(codec.MEDIA_TYPES[fmt], 0), n, fmt) for n, fmt in enumerate(NEGOTIABLE_FORMATS)]
+    return tuple(fmt for q, _, fmt in sorted(ranked) if q < 0)
 
 
 def _parse(where: str, spec: str) -> Pipeline:
