@@ -17,6 +17,7 @@ from pixmill.errors import CorruptImage, ImageTooLarge
 from pixmill.imaging import codec, containers
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import OUTPUT_FORMATS, Output, process
+from support import heif
 
 REAL = Path(__file__).parents[1] / "data" / "real"
 LIMIT = 100_000_000
@@ -117,14 +118,9 @@ def test_alpha_survives_from_avif_to_png():
     assert Image.open(io.BytesIO(result.data)).mode == "RGBA"
 
 
-def patched_ispe(data: bytes, width: int, height: int) -> bytes:
-    at = data.find(b"ispe")
-    return data[:at + 8] + struct.pack(">II", width, height) + data[at + 16:]
-
-
 @pytest.mark.parametrize("source", sorted(MAKERS))
 def test_a_dimension_bomb_in_the_ispe_box_is_refused_from_the_header(source):
-    data = patched_ispe(MAKERS[source](), 60000, 60000)
+    data = heif.patched_ispe(MAKERS[source](), 60000, 60000)
     with pytest.raises(ImageTooLarge, match="60000×60000 is 3600.0 MP, over the 100 MP limit"):
         codec.probe(data, max_pixels=LIMIT)
 
@@ -139,7 +135,7 @@ def test_a_truncated_file_is_a_clear_error(source, cut):
 
 @pytest.mark.parametrize("source", sorted(MAKERS))
 def test_a_lying_header_is_a_clear_error(source):
-    data = patched_ispe(MAKERS[source](), 240, 180)
+    data = heif.patched_ispe(MAKERS[source](), 240, 180)
     try:
         result = process(data, IDENTITY, Output("png"))
     except (CorruptImage, ImageTooLarge) as exc:
@@ -149,14 +145,31 @@ def test_a_lying_header_is_a_clear_error(source):
         assert psnr(rgb(result.data), np.asarray(photo().resize((240, 180)))) > 28
 
 
-def test_a_grid_of_too_many_tiles_is_refused_before_decoding():
-    iref = struct.pack(">I4sI", 12 + 10 + 2 * 5000, b"iref", 0) + struct.pack(">I4sHH", 10 + 2 * 5000, b"dimg", 1,
-                                                                                 5000) + b"\0\2" * 5000
-    meta = struct.pack(">I4sI", 12 + len(iref), b"meta", 0) + iref
-    data = struct.pack(">I4s4sI4s", 20, b"ftyp", b"heic", 0, b"mif1") + meta
-    assert containers.read_heif(data).derived_refs == 5000
-    with pytest.raises(ImageTooLarge, match="grid of 5000 tiles, over the 4096-tile limit"):
+def tile(source: str, side: int = 64) -> bytes:
+    return MAKERS[source](Image.new("RGB", (side, side), (200, 100, 50)))
+
+
+@pytest.mark.parametrize("source", sorted(MAKERS))
+def test_a_grid_image_is_decoded_whole(source):
+    data = heif.grid(tile(source), 5, 3)                      # 320×192, as a phone writes a large photo
+    assert containers.read_heif(data).derived_refs == 15
+    result = process(data, IDENTITY, Output("png"))
+    assert (result.width, result.height) == (320, 192) and result.notes == ()
+    assert np.abs(rgb(result.data) - (200, 100, 50)).mean() <= 3
+
+
+@pytest.mark.parametrize("source", sorted(MAKERS))
+def test_a_grid_of_too_many_tiles_is_refused_before_decoding(source):
+    data = heif.grid(tile(source), 100, 50)
+    assert containers.read_heif(data).items == 5001
+    with pytest.raises(ImageTooLarge, match=r"holds 5001 images \(6400×3200 is 20.5 MP, a grid of 5000 tiles\), "
+                                            r"over the limit of 1000 images in a file"):
         codec.probe(data, max_pixels=LIMIT)
+
+
+def test_grid_tiles_that_do_not_cover_the_image_are_a_clear_error():
+    with pytest.raises(CorruptImage, match="HEIC data is damaged.*do not cover"):
+        process(heif.grid(tile("heic"), 8, 8, 2000, 2000), IDENTITY, Output("png"))
 
 
 def test_auto_turns_heic_into_jpeg_and_keeps_avif():

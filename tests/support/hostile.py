@@ -38,7 +38,13 @@ NAMES = (
 # with grey and only warns), and APNGs whose default image is outside the animation and whose first
 # fdAT chunk is damaged (OpenCV 5.0.0's imdecode dies with SIGSEGV on the bad type; found by fuzzing).
 # And a 16-bit RGBA PNG of exactly 100 MP: legal at the default limit, 1 MB on disk, 800 MB decoded.
-EXTRA_NAMES = ("truncated_half_eoi.jpg", "apng_bad_fdat_crc.png", "apng_bad_fdat_type.png", "rgba16_100mp.png")
+# And HEIC and AVIF files (support/heif.py): truncated, headers (ispe) that lie or claim 60000×60000,
+# grids of 5000 tiles or with tiles that do not cover the image, and a legal 94.6 MP grid.
+EXTRA_NAMES = ("truncated_half_eoi.jpg", "apng_bad_fdat_crc.png", "apng_bad_fdat_type.png", "rgba16_100mp.png",
+               "heic_truncated_half.heic", "heic_truncated_meta.heic", "avif_truncated_half.avif",
+               "heic_ispe_60000.heic", "avif_ispe_60000.avif", "heic_ispe_smaller.heic", "heic_ispe_larger.heic",
+               "avif_ispe_smaller.avif", "heic_grid_5000_tiles.heic", "avif_grid_5000_tiles.avif",
+               "heic_grid_uncovered.heic", "heic_grid_94mp.heic")
 GIB = 1 << 30
 SVG = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.domain)">'
        b'<script>alert(1)</script></svg>')
@@ -111,12 +117,35 @@ def generate(outdir: Path) -> list[Path]:
     files["apng_bad_fdat_type.png"] = apng[:at + 3] + b"\x81" + apng[at + 4:]
     row = b"\0" + b"\x12\x34\x56\x78\x9a\xbc\xff\xff" * 10_000
     files["rgba16_100mp.png"] = png(10_000, 10_000, 16, 6, _zlib_repeat(row * 50, 200))
+    files.update(_heif_files(Image.fromarray(rng.integers(0, 255, (480, 640, 3), np.uint8))))
     paths = []
     for name in NAMES + EXTRA_NAMES:
         path = outdir / name
         path.write_bytes(files[name])
         paths.append(path)
     return paths
+
+
+def _heif_files(photo: Image.Image) -> dict[str, bytes]:
+    from . import heif  # imported here: the checker runs this file as a script, without the package
+
+    heic, avif = heif.heic(photo), _encode(photo, "AVIF", quality=80)
+    tile, avif_tile = heif.heic(Image.new("RGB", (64, 64), (200, 100, 50))), _encode(
+        Image.new("RGB", (64, 64), (200, 100, 50)), "AVIF", quality=80)
+    return {
+        "heic_truncated_half.heic": heic[:len(heic) // 2],
+        "heic_truncated_meta.heic": heic[:heic.find(b"iprp")],
+        "avif_truncated_half.avif": avif[:len(avif) // 2],
+        "heic_ispe_60000.heic": heif.patched_ispe(heic, 60000, 60000),
+        "avif_ispe_60000.avif": heif.patched_ispe(avif, 60000, 60000),
+        "heic_ispe_smaller.heic": heif.patched_ispe(heic, 320, 240),
+        "heic_ispe_larger.heic": heif.patched_ispe(heic, 1280, 960),
+        "avif_ispe_smaller.avif": heif.patched_ispe(avif, 320, 240),
+        "heic_grid_5000_tiles.heic": heif.grid(tile, 100, 50),
+        "avif_grid_5000_tiles.avif": heif.grid(avif_tile, 100, 50),
+        "heic_grid_uncovered.heic": heif.grid(tile, 8, 8, 2000, 2000),
+        "heic_grid_94mp.heic": heif.grid(heif.heic(Image.new("RGB", (512, 512), (200, 100, 50))), 19, 19),
+    }
 
 
 def _encode(image: Image.Image, fmt: str, **params) -> bytes:

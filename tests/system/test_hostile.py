@@ -166,6 +166,19 @@ EXTRA_EXPECT: dict[str, Ok | Refused | tuple[Ok | Refused, ...]] = {
     "apng_bad_fdat_type.png": (Ok("png", 8, 8, first_frame=True), refused(CORRUPT, words=BAD)),
     # 100 MP at 16 bits × 4 channels: processed within the limits, or refused by a byte budget
     "rgba16_100mp.png": (Ok("png", 10_000, 10_000, color=(0x9abc, 0x5678, 0x1234, 0xffff)), refused(TOO_LARGE)),
+    # HEIC and AVIF (support/heif.py builds the grids box by box)
+    "heic_truncated_half.heic": refused(CORRUPT, words=TRUNCATED),
+    "heic_truncated_meta.heic": refused(CORRUPT, words=TRUNCATED),
+    "avif_truncated_half.avif": refused(CORRUPT, words=TRUNCATED),
+    "heic_ispe_60000.heic": refused(TOO_LARGE, size="60000×60000"),
+    "avif_ispe_60000.avif": refused(TOO_LARGE, size="60000×60000"),
+    "heic_ispe_smaller.heic": refused(CORRUPT, words=("640×480, larger than the 320×240",)),
+    "heic_ispe_larger.heic": refused(CORRUPT, words=("size signaled",)),
+    "avif_ispe_smaller.avif": Ok("avif", 320, 240),         # libavif scales the picture to the header's size
+    "heic_grid_5000_tiles.heic": refused(TOO_LARGE, words=("5000 tiles",), size="6400×3200"),
+    "avif_grid_5000_tiles.avif": refused(TOO_LARGE, words=("5000 tiles",), size="6400×3200"),
+    "heic_grid_uncovered.heic": refused(CORRUPT, words=("do not cover",)),
+    "heic_grid_94mp.heic": Ok("jpeg", 9728, 9728, color=(50, 100, 200)),   # 361 tiles of 512×512
 }
 # ... and processed with the limit raised (a pipeline that shrinks them, to stay in 2 GB)
 RAISED_EXPECT: dict[str, Ok] = {

@@ -145,6 +145,42 @@ def test_three_images_with_different_operations_to_a_zip(page: Page, server: Ser
 
 
 @pytest.mark.browser
+@pytest.mark.slow
+def test_heic_and_avif_uploads_preview_or_say_why_and_their_results_show(page: Page, server: Server,
+                                                                         tmp_path: Path):
+    import pillow_heif
+    from PIL import Image
+
+    rocket = Image.open(REAL / "sk_rocket.jpg")                         # 640×427
+    pillow_heif.from_pillow(rocket).save(tmp_path / "phone.heic", quality=90)
+    rocket.save(tmp_path / "web.avif", quality=80)
+    page.goto(server.url)
+    expect(page.locator("body.ready")).to_have_count(1)
+    page.set_input_files("#file-input", [str(tmp_path / "phone.heic"), str(tmp_path / "web.avif")])
+    expect(page.locator(".item")).to_have_count(2)
+    # Chromium cannot draw HEIC: the page says so; it draws AVIF
+    expect(page.locator(".item").nth(0).locator(".thumb.none")).to_have_text("HEIC: no preview in this browser")
+    page.wait_for_function("() => { const i = document.querySelectorAll('.item')[1].querySelector('img.thumb');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+
+    page.select_option("#all-s0-op", "grayscale")
+    page.click("#apply-all")
+    page.click("#submit")                                               # format: same as input (auto)
+    expect(page.locator("#gallery .result.done")).to_have_count(2)
+    heic, avif = page.locator("#gallery .result").nth(0), page.locator("#gallery .result").nth(1)
+    expect(heic.locator(".pair .hint")).to_have_text(
+        "No preview: this browser cannot show HEIC; use the download link.")
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    assert heic.locator("img").count() == 1 and avif.locator("img").count() == 2       # after; before and after
+    sizes = page.eval_on_selector_all("#gallery .result",
+                                      "rs => rs.map(r => [...r.querySelectorAll('figcaption')].pop().textContent)")
+    assert sizes == ["After (640×427, JPEG)", "After (640×427, AVIF)"]
+    save_screenshot(page, tmp_path, "pixmill-heic-avif.png")
+    assert page.problems == []
+
+
+@pytest.mark.browser
 def test_api_docs_render_offline(page: Page, server: Server):
     page.goto(server.url + "api/v1/docs")
     expect(page.locator(".opblock").first).to_be_visible()

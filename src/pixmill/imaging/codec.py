@@ -12,6 +12,7 @@ with a profile by tifffile); they carry no metadata but, when asked to keep it, 
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from collections.abc import Callable
@@ -38,8 +39,9 @@ EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": 
               "heic": "heic", "avif": "avif"}
 ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC and AVIF"
 MAX_SIDE = {"jpeg": 65535, "webp": 16383, "avif": 65535}
-# A HEIC photo from a phone is a grid of a few dozen to a few hundred tiles; each tile is decoded on its own.
-MAX_GRID_TILES = 4096
+# A HEIC photo from a phone is a grid of a few dozen to a few hundred tiles, each an item of the file;
+# libheif refuses a file of more than 1000 items, so pixmill says so from the boxes, in its own words.
+MAX_HEIF_ITEMS = 1000
 # 16-bit colour takes 6 or 8 bytes a pixel: the decoded size is capped as for 8-bit RGBA at the pixel limit.
 MAX_BYTES_PER_PIXEL = 4
 
@@ -170,7 +172,7 @@ def decode(data: bytes, *, max_pixels: int,
     elif info.format == "png":
         image = _decode_png(data)
     elif info.format == "heic":
-        image = _decode_heic(data)
+        image = _decode_heic(data, info)
     elif info.format == "tiff" and info.bytes_per_pixel > MAX_BYTES_PER_PIXEL:  # 16-bit colour
         image = _decode_opencv(data, "TIFF")
     else:
@@ -330,9 +332,12 @@ def _check_heif_boxes(data: bytes, fmt: str, max_pixels: int) -> containers.Heif
         raise CorruptImage(f"the {label} is damaged: {exc}") from None
     for width, height in header.sizes:
         _check_pixels(width, height, max_pixels, f" (from the {label}'s ispe box)")
-    if header.derived_refs > MAX_GRID_TILES:
-        raise ImageTooLarge(f"the {label} is a grid of {header.derived_refs} tiles, "
-                            f"over the {MAX_GRID_TILES}-tile limit")
+    if max(header.items, header.derived_refs) > MAX_HEIF_ITEMS:
+        width, height = max(header.sizes, key=lambda size: size[0] * size[1], default=(0, 0))
+        grid = f", a grid of {header.derived_refs} tiles" if header.derived_refs else ""
+        raise ImageTooLarge(f"the {label} holds {max(header.items, header.derived_refs)} images "
+                            f"({width}×{height} is {width * height / 1e6:.1f} MP{grid}), "
+                            f"over the limit of {MAX_HEIF_ITEMS} images in a file")
     return header
 
 
@@ -437,7 +442,7 @@ def _decode_opencv(data: bytes, label: str) -> np.ndarray:
     return image
 
 
-def _decode_heic(data: bytes) -> np.ndarray:
+def _decode_heic(data: bytes, info: ImageInfo) -> np.ndarray:
     try:
         heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, bgr_mode=True)
         image = np.asarray(heif)
@@ -445,6 +450,11 @@ def _decode_heic(data: bytes) -> np.ndarray:
         raise ImageTooLarge("the image needs more memory to decode than is allowed") from None
     except (ValueError, RuntimeError, EOFError, OSError) as exc:
         text = str(exc).lower()
+        # libheif allows a picture no larger than its header says: a larger one is a lying header
+        coded = re.search(r"image size (\d+)x(\d+) exceeds the maximum", text)
+        if coded:
+            raise CorruptImage(f"the HEIC's picture is {coded[1]}×{coded[2]}, larger than the {info.width}×"
+                               f"{info.height} its header declares: the file is damaged") from None
         if "security limit" in text:
             raise ImageTooLarge(f"the HEIC is over libheif's limits ({_reason(exc)})") from None
         what = "truncated" if "end of file" in text or "insufficient" in text else "damaged"

@@ -151,12 +151,14 @@ def bmp_rle_problem(data: bytes) -> str | None:
 @dataclass(frozen=True)
 class HeifHeader:
     """What an ISO-BMFF (HEIF or AVIF) file's boxes say: its brands, the sizes of its image items
-    (the `ispe` properties), and how many images its derived (`grid`) items put together."""
+    (the `ispe` properties), how many images its derived (`grid`) items put together, and how many
+    items (images, tiles, metadata) it declares."""
 
     brands: tuple[bytes, ...]
     sizes: tuple[tuple[int, int], ...]
     derived_refs: int
     transformed: bool = False     # an irot or imir property: the decoder rotates or mirrors
+    items: int = 0
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -195,7 +197,7 @@ def read_heif(data: bytes) -> HeifHeader:
     """The ftyp brands, the ispe sizes and the count of derived-image references; ChunkError if broken."""
     brands: tuple[bytes, ...] = ()
     sizes: list[tuple[int, int]] = []
-    derived = 0
+    derived = items = 0
     meta, transformed = False, False
     for kind, body, end in _boxes(data, 0, len(data)):
         if kind == b"ftyp":
@@ -209,9 +211,11 @@ def read_heif(data: bytes) -> HeifHeader:
                     transformed = transformed or moves
                 elif inner == b"iref":
                     derived += _dimg_count(data, ibody, iend)
+                elif inner == b"iinf":
+                    items += _entry_count(data, ibody, iend)
     if not meta:
         raise ChunkError("the file has no 'meta' box (truncated, or not an image)")
-    return HeifHeader(brands, tuple(sizes), derived, transformed)
+    return HeifHeader(brands, tuple(sizes), derived, transformed, items)
 
 
 def _properties(data: bytes, start: int, end: int) -> tuple[list[tuple[int, int]], bool]:
@@ -224,6 +228,14 @@ def _properties(data: bytes, start: int, end: int) -> tuple[list[tuple[int, int]
                     sizes.append(struct.unpack(">II", data[pbody + 4:pbody + 12]))
                 transformed = transformed or prop in (b"irot", b"imir")
     return sizes, transformed
+
+
+def _entry_count(data: bytes, start: int, end: int) -> int:
+    """The entry count of a full box (iinf): 16 bits in version 0, else 32."""
+    width = 2 if start < end and data[start] == 0 else 4
+    if start + 4 + width > end:
+        return 0
+    return int.from_bytes(data[start + 4:start + 4 + width], "big")
 
 
 def _dimg_count(data: bytes, start: int, end: int) -> int:

@@ -84,7 +84,8 @@
     const li = el("li", { class: "item", "data-key": key });
     const head = el("div", { class: "item-head" });
     const img = el("img", { class: "thumb", src: item.thumb, alt: "Preview of " + file.name, loading: "lazy" });
-    img.addEventListener("error", () => img.replaceWith(el("div", { class: "thumb none" }, "no preview")));
+    img.addEventListener("error", () => img.replaceWith(
+      el("div", { class: "thumb none" }, (extension(file.name) || "this format") + ": no preview in this browser")));
     const title = el("div", { class: "item-title" });
     title.append(el("strong", { class: "name" }, file.name), el("span", { class: "hint" }, humanBytes(file.size)));
     const remove = el("button", { type: "button", class: "remove", "aria-label": "Remove " + file.name }, "Remove");
@@ -276,10 +277,18 @@
     document.body.append(link); link.click(); link.remove();
   }
 
-  function figure(caption, url, alt, thumb) {
+  // The file's extension, for a note where the browser cannot draw an image (HEIC in most browsers, TIFF).
+  function extension(name) {
+    const match = /\.(\w{2,5})$/.exec(name);
+    return match ? match[1].toUpperCase() : "";
+  }
+
+  function figure(caption, url, alt, thumb, format) {
     const fig = el("figure");
     const img = el("img", { alt: alt, loading: "lazy" });
-    img.addEventListener("error", () => img.replaceWith(el("p", { class: "hint" }, "No preview of this format in the browser; use the download link.")));
+    img.addEventListener("error", () => img.replaceWith(el("p", { class: "hint" },
+      "No preview: this browser cannot show " + (format ? String(format).toUpperCase() : "this format") +
+      "; use the download link.")));
     if (thumb) img.src = thumb; else setImage(img, url);
     fig.append(img, el("figcaption", {}, caption));
     return fig;
@@ -297,10 +306,10 @@
       const li = el("li", { class: "result " + t.state });
       li.append(el("h3", {}, t.name), el("p", { class: "hint pipeline" }, t.pipeline));
       const pair = el("div", { class: "pair" });
-      pair.append(figure("Before", t.source_url, "Original " + t.name, picked && picked.thumb));
+      pair.append(figure("Before", t.source_url, "Original " + t.name, picked && picked.thumb, t.source_format));
       if (t.state === "done") {
         pair.append(figure("After (" + t.width + "×" + t.height + ", " + String(t.result_format).toUpperCase() + ")",
-                           t.result_url, "Result of " + t.pipeline + " on " + t.name));
+                           t.result_url, "Result of " + t.pipeline + " on " + t.name, null, t.result_format));
         li.append(pair);
         const a = el("a", { class: "button", download: "" }, "Download " + t.name + " result");
         setDownload(a, t.result_url + "?download=true");
