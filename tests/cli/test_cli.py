@@ -76,6 +76,22 @@ def test_outputs_are_named_after_input_and_pipeline_and_match_opencv(inputs: Pat
     assert np.array_equal(got, expected)
 
 
+def test_a_folder_of_phone_and_browser_formats_is_run(tmp_path: Path) -> None:
+    import pillow_heif
+    from PIL import Image
+
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    flower = Image.open(REAL / "pil_flower.jpg")
+    pillow_heif.from_pillow(flower).save(folder / "IMG_0001.HEIC", quality=90)
+    flower.save(folder / "web.avif", quality=80)
+    done = pixmill("run", str(folder), "-p", "resize(scale=0.5)", "-o", str(out), "--engine", "local", "-w", "1")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "2 of 2 images processed" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["IMG_0001.resize.jpg", "web.resize.avif"]
+    assert Image.open(out / "IMG_0001.resize.jpg").size == (240, 180)
+
+
 def test_a_failed_image_is_reported_and_the_others_still_finish(inputs: Path, tmp_path: Path) -> None:
     (inputs / "broken.jpg").write_bytes((REAL / "pil_flower.jpg").read_bytes()[:5000])
     (inputs / "notes.png").write_bytes(b"just text, named like an image\n" * 10)

@@ -18,7 +18,8 @@ from ..limits import read_limited
 
 __all__ = ["IMAGE_SUFFIXES", "Outcome", "BatchReport", "collect_inputs", "plan_targets", "run_batch"]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".mpo"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".mpo",
+                  ".heic", ".heif", ".hif", ".avif"}
 NOT_RUN = "not processed: a worker process died earlier in this run, and its pool took no more work"
 
 
