@@ -47,7 +47,7 @@ test: install browser-deps postgres-deps color-deps lint
 	$(VENV)/bin/pytest -q
 
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not mpi and not browser and not slow"
+	$(VENV)/bin/pytest -q -m "not mpi and not browser and not slow and not postgres"
 
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'

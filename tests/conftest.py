@@ -32,10 +32,30 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked both_backends runs once on SQLite and once on PostgreSQL, unless it names its backend
+    (support.backends: sqlite_only, postgres_only)."""
+    narrowed = any("database_url" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
+    if metafunc.definition.get_closest_marker("both_backends") and not narrowed \
+            and "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The store's database: '' is SQLite in the data dir (the default), or a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return ""
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
     """Settings of a small store in tmp_path, on a local pool of one worker; files override it as they need."""
-    return Settings(data_dir=tmp_path / "data", engine="local", workers=1, max_files=4,
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, engine="local", workers=1, max_files=4,
                     max_file_bytes=1 * MB, max_request_bytes=3 * MB)
 
 

@@ -19,6 +19,7 @@ class Settings:
     """Everything pixmill can be configured with, and its default."""
 
     data_dir: Path = Path("pixmill-data")
+    database_url: str = ""                    # postgresql://…: jobs and tasks in PostgreSQL; empty: SQLite in data_dir
     engine: str = "mpi"                       # "mpi" or "local"
     workers: int = 0                          # 0: one per core
     host: str = "127.0.0.1"

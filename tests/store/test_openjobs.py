@@ -28,6 +28,7 @@ from pixmill.store import schema
 from pixmill.store.facade import ORPHAN_GRACE, NewTask, Store, TaskState
 from pixmill.web.jobstart import JobStart
 from pixmill.web.uploads import read_upload
+from support.backends import sqlite_only
 from support.web import assert_error, dispatcher, make_client, path_of, stored_blobs, wait_job
 
 REAL = Path(__file__).parents[1] / "data" / "real"
@@ -38,12 +39,13 @@ BOUNDARY = "open-j0bs-b0undary"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 GATE_SECONDS = 20.0        # a gate never opened by the test ends the upload with an error after this
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.both_backends]   # each test on SQLite and on PostgreSQL
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="local", workers=1, max_files=8,
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+                    engine="local", workers=1, max_files=8,
                     max_file_bytes=1 * MB, max_request_bytes=3 * MB, lease_seconds=30, max_attempts=3)
 
 
@@ -327,6 +329,7 @@ def test_a_task_whose_input_is_not_stored_is_refused_and_nothing_is_added(store:
     assert task_numbers(store, job_id) == [] and open_job_ids(store) == [job_id]
 
 
+@sqlite_only
 def test_a_version_1_database_migrates_and_its_jobs_stay_visible(settings: Settings):
     settings.data_dir.mkdir(parents=True)
     db = sqlite3.connect(settings.db_path)

@@ -22,6 +22,8 @@ from pixmill.web import create_app
 from pixmill.web.security import download_name, safe_stem
 from support.web import dispatcher, make_client, path_of, wait_job
 
+pytestmark = pytest.mark.both_backends   # each test on SQLite and on PostgreSQL
+
 REAL = Path(__file__).parents[1] / "data" / "real"
 STATIC = Path(__file__).parents[2] / "src" / "pixmill" / "web" / "static"
 IMAGE = (REAL / "pil_hopper.bmp").read_bytes()
@@ -55,8 +57,9 @@ def post_raw(client, parts, path: str = "/api/v1/jobs", headers=None):
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="local", workers=1, max_files=len(NAMES) + 2)
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+                    engine="local", workers=1, max_files=len(NAMES) + 2)
 
 
 @pytest.fixture
@@ -82,7 +85,7 @@ def test_hostile_names_are_display_text_only_never_paths(client, store, settings
     for given, kept in zip(names, shown):
         assert kept and len(kept) <= 255                      # over-long names are cut, empty ones named
         if given.strip() and len(given) <= 255 and "\\" not in given:   # the header unquotes backslashes
-            assert kept == given                               # NULs and HTML kept as text, in JSON
+            assert kept == given.replace("\0", "\ufffd")       # HTML kept as text, in JSON; a NUL marked
     with dispatcher(store, settings):
         done = wait_job(client, job["id"])
     assert done["counts"]["done"] == len(names)
@@ -108,7 +111,7 @@ def test_a_refused_file_is_named_in_json_never_html(client, settings, name):
     assert response.status_code == 415 and response.mimetype == "application/json"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     message = response.get_json()["message"]
-    assert name[:255] in message          # as JSON text, served as JSON with nosniff: never rendered
+    assert name.replace("\0", "\ufffd")[:255] in message   # as JSON text, served as JSON with nosniff: never rendered
     assert not any(p.is_file() for p in settings.blob_dir.rglob("*"))
 
 

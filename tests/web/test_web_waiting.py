@@ -412,12 +412,12 @@ def test_an_event_stream_sees_a_commit_made_between_its_looks(store, settings):
 def test_a_wait_that_times_out_returns_only_after_the_watcher_has_stopped_looking_for_it(tmp_path: Path):
     # The watching thread may be running a request's check when the request's wait runs out; the
     # request must not return (and its test or app close the store) while that check still runs.
-    from pixmill.store.dbwatch import CommitSignal
+    from pixmill.store.dbwatch import CommitSignal, DbWatch
     from pixmill.web.waiting import Waits
 
     db_path = tmp_path / "pixmill.db"
     db_path.touch()
-    waits, running, calls = Waits(db_path), threading.Event(), []
+    waits, running, calls = Waits(lambda: DbWatch(db_path)), threading.Event(), []
 
     def check() -> bool:
         calls.append(threading.current_thread().name)

@@ -23,13 +23,16 @@ from pixmill.worker.dispatcher import STOPPED, Dispatcher
 from pixmill.worker.engine import make_executor
 from support.jobs_tasks import CRASH, HANG, SLOW, make_png, misbehaving_process, slow_process
 
+pytestmark = pytest.mark.both_backends   # each test on SQLite and on PostgreSQL
+
 PIPELINE = parse_pipeline("grayscale | blur(ksize=5)")
 WAIT = 90.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="local", workers=2, task_timeout=60.0, lease_seconds=30.0)
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+                    engine="local", workers=2, task_timeout=60.0, lease_seconds=30.0)
 
 
 @contextlib.contextmanager
@@ -161,7 +164,7 @@ def test_submit_and_status_from_the_command_line(store: Store, settings: Setting
     for i in range(3):
         files.append(tmp_path / f"in{i}.png")
         files[-1].write_bytes(make_png(i))
-    runner = CliRunner()
+    runner = CliRunner(env={"PIXMILL_DATABASE_URL": settings.database_url})   # as a node is configured
     data_dir = str(settings.data_dir)
     with dispatching(store, settings):
         result = runner.invoke(submit, [*map(str, files), "-p", "grayscale | blur(ksize=5)", "--data-dir", data_dir,
@@ -172,7 +175,7 @@ def test_submit_and_status_from_the_command_line(store: Store, settings: Setting
     outputs = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in outputs] == ["0000-in0.png", "0001-in1.png", "0002-in2.png"]
     assert outputs[1].read_bytes() == process(make_png(1), PIPELINE).data
-    shown = runner.invoke(status, [job_id, "--data-dir", data_dir, "--json"])
+    shown = runner.invoke(status, [job_id, "--data-dir", data_dir, "--database-url", settings.database_url, "--json"])
     assert shown.exit_code == 0 and '"state": "done"' in shown.output
     missing = runner.invoke(status, ["nope", "--data-dir", data_dir])
     assert missing.exit_code == 1 and "no such job" in missing.output
@@ -182,7 +185,8 @@ def test_submit_refuses_a_bad_file_and_queues_nothing(store: Store, settings: Se
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     good.write_bytes(make_png(0))
     bad.write_bytes(b"<svg></svg>")
-    result = CliRunner().invoke(submit, [str(good), str(bad), "-p", "grayscale", "--data-dir", str(settings.data_dir)])
+    result = CliRunner().invoke(submit, [str(good), str(bad), "-p", "grayscale", "--data-dir", str(settings.data_dir),
+                                         "--database-url", settings.database_url])
     assert result.exit_code == 2 and "bad.png" in result.output and "nothing was queued" in result.output
     assert store.list_jobs() == [] and store.blob_usage() == 0
     bad_pipeline = CliRunner().invoke(submit, [str(good), "-p", "grayscale | nope",

@@ -22,12 +22,13 @@ from pixmill.worker.recorder import Recorder
 GRAY = parse_pipeline("grayscale")
 FULL = "the disk that holds the data dir is full"
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.both_backends]   # each test on SQLite and on PostgreSQL
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", lease_seconds=30, max_attempts=3)
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+                    lease_seconds=30, max_attempts=3)
 
 
 @pytest.fixture

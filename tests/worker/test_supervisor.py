@@ -24,15 +24,18 @@ from pixmill.store import JobView, NewTask, Store, TaskState
 from pixmill.worker.supervisor import Supervisor, settings_environment
 from support.jobs_tasks import HANG, make_png
 
+pytestmark = pytest.mark.both_backends   # each test on SQLite and on PostgreSQL
+
 TESTS = Path(__file__).parents[1]
 PIPELINE = parse_pipeline("grayscale | blur(ksize=5)")
 WAIT = 60.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, database_url: str) -> Settings:
     # Leases far longer than any test: tasks go back to the queue only because the supervisor puts them back.
-    return Settings(data_dir=tmp_path / "data", engine="local", workers=1, lease_seconds=600.0)
+    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+                    engine="local", workers=1, lease_seconds=600.0)
 
 
 class Watched:

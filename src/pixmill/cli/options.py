@@ -17,13 +17,18 @@ from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS
 from ..worker.engine import ENGINES
 
-__all__ = ["data_dir", "engine", "workers", "images", "pipeline", "output_format", "quality", "color"]
+__all__ = ["data_dir", "database_url", "engine", "workers", "images", "pipeline", "output_format", "quality", "color"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 data_dir = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Folder of the store: database and images (default ./pixmill-data, or PIXMILL_DATA_DIR).")
+
+database_url = click.option(
+    "--database-url", default=None, metavar="postgresql://USER@HOST:PORT/DB",
+    help="Keep jobs and tasks in this PostgreSQL database instead of the data dir's SQLite file "
+         "(or PIXMILL_DATABASE_URL).")
 
 
 def _parse_pipeline(ctx: click.Context, param: click.Parameter, spec: str) -> Pipeline:

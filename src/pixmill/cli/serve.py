@@ -26,14 +26,15 @@ log = logging.getLogger("pixmill.serve")
 @options.workers()
 @options.engine()
 @options.data_dir
+@options.database_url
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Web server threads (default 8, or PIXMILL_THREADS).")
 def serve(host: str | None, port: int | None, workers: int | None, engine: str | None,
-          data_dir: Path | None, threads: int | None) -> None:
+          data_dir: Path | None, database_url: str | None, threads: int | None) -> None:
     """Serve the web page and the API, with a dispatcher running the work on a worker pool."""
     setup_logging()
     settings = load_settings(host=host, port=port, workers=workers, engine=engine, data_dir=data_dir,
-                             threads=threads)
+                             database_url=database_url, threads=threads)
     run_server(settings)
 
 

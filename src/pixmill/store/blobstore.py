@@ -42,7 +42,7 @@ class BlobStore:
         key = new_key()
         try:
             with self.database.write() as db:
-                used = db.execute("SELECT bytes FROM usage").fetchone()[0]
+                used = db.execute(f"SELECT bytes FROM usage{self.database.lock_rows}").fetchone()[0]
                 check(size)
                 db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, time.time()))
                 self.folder.commit(tmp, key)

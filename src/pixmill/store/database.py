@@ -1,7 +1,8 @@
 """The store's SQLite database: connections, transactions and the commit signal, in one class.
 
 Everything SQLite-specific about connecting and transacting lives here, so that another backend
-can stand behind the same four calls: `connection()`, `write()`, `read()` and `close()`. The
+can stand behind the same calls: `connection()`, `write()`, `read()`, `watch()` and `close()`
+(PostgreSQL's, in postgres.py, does). The
 collaborators (jobs, open jobs, the task queue, blob bookkeeping) are handed a Database and never
 open a connection themselves.
 """
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .dbwatch import CommitSignal
+from .dbwatch import CommitSignal, DbWatch
 from .schema import migrate
 
 __all__ = ["Database", "BUSY_TIMEOUT_MS"]
@@ -24,6 +25,10 @@ BUSY_TIMEOUT_MS = 30_000
 
 class Database:
     """One SQLite file in WAL mode, one connection per thread; safe across threads and processes."""
+
+    dialect = "sqlite"
+    lock_rows = ""      # a write transaction holds the whole database already (BEGIN IMMEDIATE)
+    skip_locked = ""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -81,6 +86,10 @@ class Database:
             yield db
         finally:
             db.execute("COMMIT")
+
+    def watch(self) -> DbWatch:
+        """A watcher of this database's commits."""
+        return DbWatch(self.path)
 
     def close(self) -> None:
         """Close every connection this database opened (in any thread) and the commit signal."""

@@ -1,4 +1,4 @@
-"""The store: jobs and tasks in SQLite (WAL mode) and their images in a blob folder, in one data dir.
+"""The store: jobs and tasks in SQLite (WAL mode, the default) or PostgreSQL, and their images in a blob folder.
 
 The store is the only thing the web service and the dispatchers share. Every state change of a
 job or task is one method and one transaction, so either side may die at any moment and leave
@@ -24,6 +24,7 @@ from .blobstore import BlobStore
 from .database import Database
 from .jobs import ORPHAN_GRACE, Jobs, JobView, NewTask, TaskState, TaskView
 from .openjobs import OpenJobs
+from .postgres import PostgresDatabase
 from .taskqueue import Claim, TaskQueue
 
 __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE"]
@@ -35,7 +36,7 @@ class Store:
     def __init__(self, settings: Settings, blobs: BlobFolder, database: Database | None = None) -> None:
         self.settings = settings
         self.blobs = blobs
-        self.database = database if database is not None else Database(settings.db_path)
+        self.database = database if database is not None else _database(settings, open=False)
         self.jobs = Jobs(self.database, blobs, settings)
         self.open_jobs = OpenJobs(self.database, blobs, self.jobs)
         self.queue = TaskQueue(self.database, blobs, settings)
@@ -49,7 +50,7 @@ class Store:
         settings = dataclasses.replace(settings, data_dir=settings.data_dir.resolve())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         blobs = BlobFolder(settings.blob_dir)
-        return cls(settings, blobs, Database.open(settings.db_path))
+        return cls(settings, blobs, _database(settings, open=True))
 
     def close(self) -> None:
         """Close every connection this store opened (in any thread)."""
@@ -202,3 +203,10 @@ class Store:
     def workers_alive(self, within: float = 15.0) -> int:
         """Pool workers of the dispatchers whose heartbeat is at most `within` seconds old."""
         return self.queue.workers_alive(within)
+
+
+def _database(settings: Settings, *, open: bool) -> Database | PostgresDatabase:
+    """PostgreSQL when settings name one, else the data dir's SQLite file; opened (and migrated) or not."""
+    if settings.database_url:
+        return PostgresDatabase.open(settings.database_url) if open else PostgresDatabase(settings.database_url)
+    return Database.open(settings.db_path) if open else Database(settings.db_path)

@@ -181,8 +181,8 @@ class Jobs:
         if job is None or (owner is not None and job["owner"] != owner):
             raise NotFound(f"no such job: {job_id}")
         where, args = ("AND n = ?", (job_id, n)) if n is not None else ("", (job_id,))
-        row = db.execute(f"SELECT COUNT(*), SUM(state IN ('queued', 'running')) FROM tasks WHERE job_id = ? {where}",
-                         args).fetchone()
+        row = db.execute(f"SELECT COUNT(*), SUM(CASE WHEN state IN ('queued', 'running') THEN 1 ELSE 0 END) "
+                         f"FROM tasks WHERE job_id = ? {where}", args).fetchone()
         if not row[0]:
             raise NotFound(f"job {job_id} has no image number {n}")
         return 0 if job["cancelled_at"] is not None else row[1]

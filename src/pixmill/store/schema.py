@@ -140,5 +140,7 @@ def select_in(db: sqlite3.Connection, sql: str, values: list) -> list[sqlite3.Ro
     rows: list[sqlite3.Row] = []
     for i in range(0, len(values), 500):
         part = values[i:i + 500]
-        rows.extend(db.execute(sql.format(",".join("?" * len(part))), part).fetchall())
+        cursor = db.execute(sql.format(",".join("?" * len(part))), part)
+        if cursor.description is not None:   # a SELECT (a DELETE has no rows to fetch)
+            rows.extend(cursor.fetchall())
     return rows

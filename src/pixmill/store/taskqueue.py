@@ -69,8 +69,11 @@ class TaskQueue:
         """Record a dispatcher that has just started, for heartbeats and recovery."""
         now = time.time()
         with self.database.write() as db:
-            db.execute("INSERT OR REPLACE INTO dispatchers (id, host, pid, pid_started, engine, workers, "
-                       "started_at, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO dispatchers (id, host, pid, pid_started, engine, workers, started_at, heartbeat) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET host = excluded.host, "
+                       "pid = excluded.pid, pid_started = excluded.pid_started, engine = excluded.engine, "
+                       "workers = excluded.workers, started_at = excluded.started_at, "
+                       "heartbeat = excluded.heartbeat, stopped_at = NULL",
                        (dispatcher_id, host, pid, pid_started, engine, workers, now, now))
 
     def claim(self, dispatcher_id: str, limit: int, *, busy: bool) -> list[Claim]:
@@ -78,24 +81,25 @@ class TaskQueue:
         if self.database.connection().execute("SELECT 1 FROM tasks WHERE state = 'queued' LIMIT 1").fetchone() is None:
             return []  # the common idle case, without taking the write lock
         now = time.time()
+        lock = self.database.skip_locked   # PostgreSQL: rows another dispatcher is claiming are passed over
         with self.database.write() as db:
             isolating = db.execute("SELECT 1 FROM tasks WHERE lease_owner = ? AND state = 'running' "
                                    "AND crashes > 0", (dispatcher_id,)).fetchone()
-            suspect = db.execute("SELECT id FROM tasks WHERE state = 'queued' AND crashes > 0 "
-                                 "ORDER BY id LIMIT 1").fetchone()
+            suspect = db.execute(f"SELECT id FROM tasks WHERE state = 'queued' AND crashes > 0 "
+                                 f"ORDER BY id LIMIT 1{lock}").fetchone()
             if isolating:
                 ids = []
             elif suspect is not None:
                 ids = [] if busy else [suspect[0]]
             else:
-                ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE state = 'queued' AND crashes = 0 "
-                                                "ORDER BY id LIMIT ?", (limit,))]
+                ids = [r[0] for r in db.execute(f"SELECT id FROM tasks WHERE state = 'queued' AND crashes = 0 "
+                                                f"ORDER BY id LIMIT ?{lock}", (limit,))]
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
             db.execute(f"UPDATE tasks SET state = 'running', attempts = attempts + 1, claims = claims + 1, "
-                       f"started_at = ?, lease_owner = ?, lease_expires = ? WHERE id IN ({marks})",
-                       (now, dispatcher_id, now + self.settings.lease_seconds, *ids))
+                       f"started_at = ?, lease_owner = ?, lease_expires = ? WHERE id IN ({marks}) "
+                       f"AND state = 'queued'", (now, dispatcher_id, now + self.settings.lease_seconds, *ids))
             rows = db.execute(f"SELECT t.*, j.output FROM tasks t JOIN jobs j ON j.id = t.job_id "
                               f"WHERE t.id IN ({marks}) ORDER BY t.id", ids).fetchall()
         return [Claim(id=r["id"], job_id=r["job_id"], n=r["n"], name=r["name"], pipeline=r["pipeline"],
@@ -242,7 +246,7 @@ class TaskQueue:
             f"UPDATE tasks SET crashes = crashes + 1, "
             f"state = CASE WHEN crashes + 1 >= ? THEN 'failed' ELSE 'queued' END, "
             f"error = CASE WHEN crashes + 1 >= ? THEN 'worker crashed while processing this image (' "
-            f"|| (crashes + 1) || ' attempts)' ELSE error END, "
+            f"|| CAST(crashes + 1 AS TEXT) || ' attempts)' ELSE error END, "
             f"finished_at = CASE WHEN crashes + 1 >= ? THEN ? ELSE NULL END, "
             f"lease_owner = NULL, lease_expires = NULL WHERE state = 'running' AND {where}",
             (limit, limit, limit, time.time(), *args))
@@ -260,7 +264,8 @@ def _fail(db: sqlite3.Connection, dispatcher_id: str, task_id: int, error: str, 
 def _release(db: sqlite3.Connection, dispatcher_id: str, ids: list[int]) -> int:
     if not ids:
         return 0
-    cur = db.execute(f"UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), started_at = NULL, "
+    cur = db.execute(f"UPDATE tasks SET state = 'queued', attempts = CASE WHEN attempts > 0 THEN attempts - 1 "
+                     f"ELSE 0 END, started_at = NULL, "
                      f"lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ? AND state = 'running' "
                      f"AND id IN ({','.join('?' * len(ids))})", (dispatcher_id, *ids))
     return cur.rowcount

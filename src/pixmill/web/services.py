@@ -28,7 +28,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.event_slots = threading.BoundedSemaphore(self.settings.threads // 2)
-        self.waits = Waits(self.store.settings.db_path)
+        self.waits = Waits(self.store.database.watch)
 
 
 def services() -> Services:

@@ -124,7 +124,8 @@ class _Reader:
         head = part.read(HEAD_BYTES)
         if not head and part.eof and not filename:
             return                   # an empty file input: browsers send a part with no name and no data
-        name = (filename or f"file{len(self.files) + 1}")[:MAX_NAME_CHARS]
+        # A NUL is never part of a real file name, and PostgreSQL's text cannot hold one: U+FFFD marks it.
+        name = (filename or f"file{len(self.files) + 1}").replace("\0", "\ufffd")[:MAX_NAME_CHARS]
         if len(self.files) >= self.settings.max_files:
             raise ImageTooLarge(f"{name}: too many files, the limit is {self.settings.max_files} per job")
         if not head:

@@ -4,7 +4,8 @@ A client sends `Prefer: wait=N` (RFC 7240) with GET of a result or of a job, and
 as soon as the task (or the whole job) has ended, or after N seconds with the usual 202 or state.
 Event streams wait the same way between their looks at a job.
 
-One thread per web process sleeps until the store signals a commit (inotify, see dbwatch), then
+One thread per web process sleeps until the store signals a commit (inotify, see dbwatch, or
+PostgreSQL's LISTEN), then
 runs every waiting request's check itself and wakes only the requests whose check came true:
 waking every request on every commit to look for itself cost the web process much CPU under load
 (GIL and thread switches). Each wait holds a server thread, so waits
@@ -19,11 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-from ..store.dbwatch import DbWatch
+from ..store.dbwatch import Doorbell
 
-__all__ = ["MAX_WAIT", "requested_wait", "Waits"]
+__all__ = ["MAX_WAIT", "requested_wait", "Waits", "Watch"]
 
 MAX_WAIT = 30.0        # seconds: the longest wait a client may ask for
 TICK = 1.0             # without a signal, look anyway this often (a writer that does not signal, no inotify)
@@ -36,6 +37,14 @@ def requested_wait(headers: Mapping[str, str]) -> float:
     prefer = headers.get("Prefer") or ""
     match = _WAIT.search(prefer[:1000])
     return min(float(match.group(1)), MAX_WAIT) if match else 0.0
+
+
+class Watch(Protocol):
+    """What the watching thread sleeps on: the store's DbWatch (SQLite) or PgWatch (PostgreSQL)."""
+
+    def wait(self, seconds: float, *, bell: Doorbell | None = None) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -52,8 +61,8 @@ class _Waiter:
 class Waits:
     """Requests waiting for the store to change, served by one watching thread (started on demand)."""
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = db_path
+    def __init__(self, watch: Callable[[], Watch]) -> None:
+        self.new_watch = watch              # the store's database.watch
         self.commits = 0                  # commits signalled while the watching thread ran
         self._waiters: set[_Waiter] = set()
         self._lock = threading.Lock()
@@ -95,11 +104,11 @@ class Waits:
 
     def _start(self) -> None:
         if self._thread is None:  # watching from now on, before the caller's first look
-            watch = DbWatch(self.db_path)
+            watch = self.new_watch()
             self._thread = threading.Thread(target=self._watch, args=(watch,), name="pixmill-waits", daemon=True)
             self._thread.start()
 
-    def _watch(self, watch: DbWatch) -> None:
+    def _watch(self, watch: Watch) -> None:
         try:
             while True:
                 if watch.wait(TICK):

@@ -38,7 +38,7 @@ from ..imaging.pipeline import parse_pipeline
 from ..imaging.process import Result, process
 from ..logs import setup_logging
 from ..store import Claim, Store
-from ..store.dbwatch import DbWatch, Doorbell
+from ..store.dbwatch import Doorbell
 from .recorder import Recorder
 
 __all__ = ["Dispatcher", "STOPPED", "RESTART", "EXIT_RESTART", "process_is_dead", "run_dispatcher", "load_task"]
@@ -94,7 +94,7 @@ class Dispatcher:
         self._due: dict[str, float] = {}
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
-        self.watch = DbWatch(store.settings.db_path)
+        self.watch = store.database.watch()
         self.bell = Doorbell()   # rung when a flight finishes, so the loop sleeps on commits and flights at once
 
     def run(self, stop: threading.Event) -> str:
