@@ -33,6 +33,7 @@ class Settings:
     task_timeout: float = 60.0                # seconds one task may run
     max_attempts: int = 3                     # worker crashes before a task fails
     lease_seconds: float = 30.0               # a claimed task returns to the queue after this without renewal
+    heartbeat_timeout: float = 10.0           # a dispatcher silent this long is dead: its tasks are requeued
     api_tokens: tuple[str, ...] = field(default=())  # empty: no tokens needed
     threads: int = 8                          # waitress threads
     manager_backoff: float = 0.02             # most seconds an idle MPI pool's manager sleeps between polls

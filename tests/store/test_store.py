@@ -250,6 +250,27 @@ def test_expired_leases_and_dead_dispatchers_are_requeued_counting_the_attempt(s
     assert store.get_job(job.id).counts()["queued"] == 2
 
 
+def test_a_silent_dispatcher_on_any_host_is_requeued_by_another_and_left_out_of_the_live_ones(store: Store):
+    job = make_job(store, 3)
+    store.register_dispatcher("silent", host="node-a", pid=1, pid_started=1.0, engine="mpi", workers=4)
+    store.register_dispatcher("beating", host="node-b", pid=2, pid_started=2.0, engine="mpi", workers=2)
+    store.claim("silent", 2, busy=False)
+    store.claim("beating", 1, busy=False)
+    later = time.time() + 11
+    assert store.requeue_silent("beating", silent_for=10) == 0                       # a fresh heartbeat
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "time", lambda: later)
+        store.renew("beating")
+        assert [n["id"] for n in store.live_dispatchers(within=5)] == ["beating"]
+        assert store.requeue_silent("beating", silent_for=10) == 2
+    tasks = store.get_job(job.id).tasks
+    assert [t.state for t in tasks] == [TaskState.QUEUED, TaskState.QUEUED, TaskState.RUNNING]
+    assert [task_row(store, job.id, n)["crashes"] for n in range(3)] == [1, 1, 0]   # the attempt counted
+    # Marked stopped, so requeued once; and a dispatcher never counts itself silent.
+    assert store.requeue_silent("beating", silent_for=10, now=later + 100) == 0
+    assert [n["id"] for n in store.live_dispatchers()] == ["beating"]
+
+
 def test_retention_deletes_old_jobs_with_their_blobs(store: Store, settings: Settings):
     old, new = make_job(store, 2), make_job(store, 1)
     store.database.connection().execute("UPDATE jobs SET created_at = created_at - ? WHERE id = ?",

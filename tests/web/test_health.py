@@ -48,15 +48,20 @@ def scrape(client) -> dict[tuple[str, tuple], float]:
 def test_healthz_is_503_without_any_worker(client):
     response = client.get("/healthz")
     assert response.status_code == 503
-    assert response.get_json() == {"status": "degraded", "store": "ok", "workers": 0}
+    assert response.get_json() == {"status": "degraded", "store": "ok", "workers": 0, "nodes": []}
 
 
 def test_healthz_is_200_with_live_workers_counting_every_dispatcher(client, store: Store):
-    register(store, "one", 2)
+    register(store, "one", 2, age=3)
     register(store, "two", 3)
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "store": "ok", "workers": 5}
+    body = response.get_json()
+    assert {k: body[k] for k in ("status", "store", "workers")} == {"status": "ok", "store": "ok", "workers": 5}
+    nodes = body["nodes"]           # each live dispatcher node, with its workers and its last heartbeat
+    assert [(n["id"], n["host"], n["engine"], n["workers"]) for n in nodes] == [("one", "here", "local", 2),
+                                                                            ("two", "here", "local", 3)]
+    assert time.time() - 4 < nodes[0]["heartbeat"] < time.time() - 2 < nodes[1]["heartbeat"] <= time.time()
 
 
 def test_healthz_leaves_out_stopped_dispatchers_and_stale_heartbeats(client, store: Store):
@@ -76,10 +81,11 @@ def test_healthz_is_503_naming_the_error_when_the_store_fails(client, store: Sto
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "workers_alive", broken)
+    monkeypatch.setattr(store, "live_dispatchers", broken)
     response = client.get("/healthz")
     assert response.status_code == 503
-    assert response.get_json() == {"status": "degraded", "store": "error: OperationalError", "workers": 0}
+    assert response.get_json() == {"status": "degraded", "store": "error: OperationalError", "workers": 0,
+                                   "nodes": []}
     assert "disk I/O error" not in response.get_data(as_text=True)     # internals stay in the log
 
 

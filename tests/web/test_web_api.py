@@ -461,9 +461,11 @@ def test_tokens_guard_every_api_call_and_jobs_are_private(tmp_path):
 
 def test_healthz_reports_store_and_workers(client, store):
     body = client.get("/healthz")
-    assert body.status_code == 503 and body.get_json() == {"status": "degraded", "store": "ok", "workers": 0}
+    assert body.status_code == 503
+    assert body.get_json() == {"status": "degraded", "store": "ok", "workers": 0, "nodes": []}
     store.register_dispatcher("test-dispatcher", host="here", pid=1, pid_started=None, engine="local", workers=3)
-    assert client.get("/healthz").get_json() == {"status": "ok", "store": "ok", "workers": 3}
+    body = client.get("/healthz").get_json()
+    assert (body["status"], body["workers"], [n["id"] for n in body["nodes"]]) == ("ok", 3, ["test-dispatcher"])
 
 
 def test_metrics_count_tasks_queue_workers_and_times(client, store, settings):

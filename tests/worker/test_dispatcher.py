@@ -159,6 +159,21 @@ def test_tasks_of_a_dead_dispatcher_are_requeued_at_start(store: Store, settings
     assert done.counts()["done"] == 4 and [t.attempts for t in done.tasks[:2]] == [2, 2]
 
 
+def test_the_tasks_of_a_node_whose_heartbeat_stops_run_again_before_their_lease_ends(store: Store, settings: Settings):
+    # A node on another host died with two tasks leased for an hour: no pid can be checked there, so its
+    # silence is what tells; this dispatcher requeues them after heartbeat_timeout of its own beating.
+    settings = settings.with_overrides(lease_seconds=3600.0, heartbeat_timeout=1.0)
+    job = submit_job(store, [make_png(i) for i in range(4)])
+    store.register_dispatcher("elsewhere", host="another-host", pid=1, pid_started=1.0, engine="mpi", workers=2)
+    assert len(store.claim("elsewhere", 2, busy=False)) == 2
+    began = time.monotonic()
+    with dispatching(store, settings):
+        done = wait_for_job(store, job.id)
+    assert done.counts()["done"] == 4 and [t.attempts for t in done.tasks[:2]] == [2, 2]
+    assert time.monotonic() - began < 30
+    assert [n["id"] for n in store.live_dispatchers()] == []      # "elsewhere" stopped, the test's dispatcher too
+
+
 def test_submit_and_status_from_the_command_line(store: Store, settings: Settings, tmp_path: Path):
     files = []
     for i in range(3):

@@ -47,6 +47,7 @@ def worker(data_dir: Path | None, database_url: str | None, engine: str | None, 
 
 def run_supervised(settings: Settings, *, task: str | None = None) -> None:
     """Run a supervised dispatcher until SIGTERM or SIGINT, then stop it cleanly (task: see Supervisor)."""
+    from ..store import describe_store
     from ..worker.supervisor import Supervisor
 
     stop = threading.Event()
@@ -54,8 +55,8 @@ def run_supervised(settings: Settings, *, task: str | None = None) -> None:
     supervisor = Supervisor(settings, task=task)
     try:
         supervisor.start()
-        click.echo(f"pixmill worker: {settings.worker_count()} {settings.engine} workers on "
-                   f"{settings.data_dir.resolve()}; Ctrl-C stops", err=True)
+        click.echo(f"pixmill worker: {settings.worker_count()} {settings.engine} workers; "
+                   f"{describe_store(settings)}; Ctrl-C stops", err=True)
         while not stop.wait(1.0):
             pass
     finally:

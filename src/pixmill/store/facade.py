@@ -24,10 +24,10 @@ from .blobstore import BlobStore
 from .database import Database
 from .jobs import ORPHAN_GRACE, Jobs, JobView, NewTask, TaskState, TaskView
 from .openjobs import OpenJobs
-from .postgres import PostgresDatabase
+from .postgres import PostgresDatabase, redact
 from .taskqueue import Claim, TaskQueue
 
-__all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE"]
+__all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE", "describe_store"]
 
 
 class Store:
@@ -182,6 +182,10 @@ class Store:
         """Requeue the tasks of this host's dispatchers whose process is gone; return the tasks requeued."""
         return self.queue.recover_dead(host, is_dead)
 
+    def requeue_silent(self, dispatcher_id: str, *, silent_for: float, now: float | None = None) -> int:
+        """Requeue the tasks of other dispatchers (any host) whose heartbeat stopped; return the tasks requeued."""
+        return self.queue.requeue_silent(dispatcher_id, silent_for=silent_for, now=now)
+
     def requeue_expired(self, *, now: float | None = None) -> int:
         """Requeue running tasks whose lease ran out (their dispatcher died or hung), counting the attempt."""
         return self.queue.requeue_expired(now=now)
@@ -200,6 +204,10 @@ class Store:
         """Task counts per state, queue depth, live workers and recent task durations (for /metrics)."""
         return {**self.queue.stats(), "blob_bytes": self.blob_store.usage()}
 
+    def live_dispatchers(self, within: float = 15.0) -> list[dict]:
+        """The dispatcher nodes whose heartbeat is at most `within` seconds old (id, host, workers, heartbeat...)."""
+        return self.queue.live_dispatchers(within)
+
     def workers_alive(self, within: float = 15.0) -> int:
         """Pool workers of the dispatchers whose heartbeat is at most `within` seconds old."""
         return self.queue.workers_alive(within)
@@ -210,3 +218,10 @@ def _database(settings: Settings, *, open: bool) -> Database | PostgresDatabase:
     if settings.database_url:
         return PostgresDatabase.open(settings.database_url) if open else PostgresDatabase(settings.database_url)
     return Database.open(settings.db_path) if open else Database(settings.db_path)
+
+
+def describe_store(settings: Settings) -> str:
+    """Where the store keeps things, for a start-up line (a database URL without its password)."""
+    if settings.database_url:
+        return f"jobs in {redact(settings.database_url)}, images in {settings.blob_dir.resolve()}"
+    return f"data in {settings.data_dir.resolve()}"

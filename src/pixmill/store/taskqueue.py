@@ -203,6 +203,15 @@ class TaskQueue:
                                   "AND stopped_at IS NULL", (host,)).fetchall()
         return sum(self.requeue_dispatcher(r["id"]) for r in rows if is_dead(r["pid"], r["pid_started"]))
 
+    def requeue_silent(self, dispatcher_id: str, *, silent_for: float, now: float | None = None) -> int:
+        """Requeue the tasks of the other dispatchers, on any host, whose heartbeat stopped `silent_for`
+        seconds ago (counting the attempt), and mark them stopped; return the tasks requeued."""
+        now = time.time() if now is None else now
+        rows = self.database.connection().execute(
+            "SELECT id FROM dispatchers WHERE stopped_at IS NULL AND heartbeat < ? AND id <> ?",
+            (now - silent_for, dispatcher_id)).fetchall()
+        return sum(self.requeue_dispatcher(r[0]) for r in rows)
+
     def requeue_expired(self, *, now: float | None = None) -> int:
         """Requeue running tasks whose lease ran out (their dispatcher died or hung), counting the attempt."""
         now = time.time() if now is None else now
@@ -231,6 +240,14 @@ class TaskQueue:
             "AND state = 'done' ORDER BY finished_at DESC LIMIT 1000", (time.time() - 300,))]
         return {"tasks": counts, "queue_depth": counts[TaskState.QUEUED], "workers": self.workers_alive(),
                 "durations": durations}
+
+    def live_dispatchers(self, within: float = 15.0) -> list[dict]:
+        """The dispatchers whose heartbeat is at most `within` seconds old, oldest first."""
+        rows = self.database.connection().execute(
+            "SELECT id, host, pid, engine, workers, started_at, heartbeat FROM dispatchers "
+            "WHERE stopped_at IS NULL AND heartbeat > ? ORDER BY started_at, id", (time.time() - within,)).fetchall()
+        return [{name: row[name] for name in ("id", "host", "pid", "engine", "workers", "started_at", "heartbeat")}
+                for row in rows]
 
     def workers_alive(self, within: float = 15.0) -> int:
         """Pool workers of the dispatchers whose heartbeat is at most `within` seconds old."""

@@ -90,15 +90,16 @@ def init_app(app: Flask) -> None:
 @bp.doc(summary="Health: the store and the workers",
         responses={503: {"description": "The store does not answer, or no worker is alive",
                          "content": {"application/json": {"schema": HealthOut}}}})
-def healthz() -> tuple[dict[str, str | int], int]:
-    """200 when the store answers and a worker is alive, else 503."""
+def healthz() -> tuple[dict, int]:
+    """200 when the store answers and a dispatcher node with workers is alive, else 503; the live nodes."""
     store = services().store
     try:
-        workers = store.workers_alive()
+        nodes = store.live_dispatchers()
     except Exception as exc:  # any failure of the store is what this endpoint reports
         log.warning("health check: the store does not answer: %s", exc)
-        return {"status": "degraded", "store": f"error: {type(exc).__name__}", "workers": 0}, 503
-    body = {"status": "ok" if workers > 0 else "degraded", "store": "ok", "workers": workers}
+        return {"status": "degraded", "store": f"error: {type(exc).__name__}", "workers": 0, "nodes": []}, 503
+    workers = sum(node["workers"] for node in nodes)
+    body = {"status": "ok" if workers > 0 else "degraded", "store": "ok", "workers": workers, "nodes": nodes}
     return body, 200 if workers > 0 else 503
 
 

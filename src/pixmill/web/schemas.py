@@ -97,10 +97,21 @@ class UploadOut(Schema):
     status_url = String()
 
 
+class NodeOut(Schema):
+    id = String(required=True, metadata={"description": "the dispatcher's id"})
+    host = String(required=True)
+    pid = Integer()
+    engine = String(metadata={"description": "mpi or local"})
+    workers = Integer(required=True, metadata={"description": "its pool's workers"})
+    started_at = Float(metadata={"description": "unix seconds"})
+    heartbeat = Float(required=True, metadata={"description": "unix seconds of its last heartbeat"})
+
+
 class HealthOut(Schema):
     status = String(required=True, validate=OneOf(("ok", "degraded")))
     store = String()
-    workers = Integer()
+    workers = Integer(metadata={"description": "pool workers of the live dispatcher nodes"})
+    nodes = List(Nested(NodeOut), metadata={"description": "the live dispatcher nodes, by heartbeat"})
 
 
 class DownloadQuery(Schema):

@@ -94,6 +94,7 @@ class Dispatcher:
         self._due: dict[str, float] = {}
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
+        self._beating_since: float | None = None   # monotonic time of the first heartbeat of this run
         self.watch = store.database.watch()
         self.bell = Doorbell()   # rung when a flight finishes, so the loop sleeps on commits and flights at once
 
@@ -264,8 +265,10 @@ class Dispatcher:
         pool.shutdown(wait=False, cancel_futures=True)
 
     def _housekeeping(self, now: float) -> None:
-        if self._is_due("renew", now, min(2.0, self.settings.lease_seconds / 3)):
+        if self._is_due("renew", now, self._beat_every()):
             held = self.store.renew(self.id, workers=self.workers)
+            if self._beating_since is None:
+                self._beating_since = now
             self._dropped = [f for f in self._dropped if not f.done()]
             for task_id in [i for i in self.flights if i not in held]:
                 future = self.flights.pop(task_id).future  # its job was cancelled or deleted
@@ -273,8 +276,18 @@ class Dispatcher:
                     self._dropped.append(future)
         if self._is_due("expired", now, self.settings.lease_seconds / 2):
             self.store.requeue_expired()
+        # Another node's silence means it died only if this one has been beating all along: after an
+        # outage of the database every node was silent, and none of them is dead for that.
+        timeout = self.settings.heartbeat_timeout
+        if self._is_due("silent", now, self._beat_every()) and self._beating_since is not None \
+                and now - self._beating_since > timeout:
+            if requeued := self.store.requeue_silent(self.id, silent_for=timeout):
+                log.warning("dispatcher %s: %d tasks of silent dispatchers requeued", self.id, requeued)
         if self._is_due("purge", now, PURGE_EVERY):
             self.store.purge_expired()
+
+    def _beat_every(self) -> float:
+        return min(2.0, self.settings.lease_seconds / 3, self.settings.heartbeat_timeout / 4)
 
     def _is_due(self, name: str, now: float, every: float) -> bool:
         if now < self._due.get(name, 0.0):

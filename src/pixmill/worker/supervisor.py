@@ -140,7 +140,11 @@ class Supervisor:
         store, dispatcher_id = self._store, self.dispatcher_id
         if store is None or dispatcher_id is None:
             return 0
-        return store.requeue_dispatcher(dispatcher_id)
+        try:
+            return store.requeue_dispatcher(dispatcher_id)
+        except Exception as exc:  # the database is away: the next dispatcher, or another node, requeues them
+            log.warning("could not requeue the tasks of dispatcher %s: %s", dispatcher_id, exc)
+            return 0
 
 
 def _kill_group(pgid: int) -> None:
