@@ -36,27 +36,43 @@ BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test marked both_backends runs once on SQLite and once on PostgreSQL, unless it names its backend
-    (support.backends: sqlite_only, postgres_only)."""
-    narrowed = any("database_url" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
-    if metafunc.definition.get_closest_marker("both_backends") and not narrowed \
-            and "database_url" in metafunc.fixturenames:
-        metafunc.parametrize("database_url", BACKENDS, indirect=True)
+    """A test marked both_backends runs once on SQLite with the blob folder and once on PostgreSQL with S3,
+    unless it names its backend (support.backends: sqlite_only, postgres_only)."""
+    narrowed = any("backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
+    if metafunc.definition.get_closest_marker("both_backends") and not narrowed and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest) -> str:
-    """The store's database: '' is SQLite in the data dir (the default), or a fresh PostgreSQL database."""
-    if getattr(request, "param", "sqlite") == "sqlite":
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store's backends: "sqlite" (SQLite and the blob folder in the data dir, the default) or
+    "postgresql" (a fresh PostgreSQL database and a fresh S3 bucket, as a cluster runs)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """'' (SQLite in the data dir) or the URL of a fresh PostgreSQL database."""
+    return "" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def blob_url(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """'' (the data dir's blob folder) or s3:// of a fresh bucket, with the AWS_* variables of the
+    test endpoint set for this process and the processes it starts."""
+    if backend == "sqlite":
         return ""
-    return request.getfixturevalue("postgres_url")
+    server: S3Server = request.getfixturevalue("s3")
+    for name, value in server.environment().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{request.getfixturevalue('s3_bucket')}/blobs"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
     """Settings of a small store in tmp_path, on a local pool of one worker; files override it as they need."""
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, engine="local", workers=1, max_files=4,
-                    max_file_bytes=1 * MB, max_request_bytes=3 * MB)
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url, engine="local",
+                    workers=1, max_files=4, max_file_bytes=1 * MB, max_request_bytes=3 * MB)
 
 
 @pytest.fixture

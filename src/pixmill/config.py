@@ -20,6 +20,7 @@ class Settings:
 
     data_dir: Path = Path("pixmill-data")
     database_url: str = ""                    # postgresql://…: jobs and tasks in PostgreSQL; empty: SQLite in data_dir
+    blob_url: str = ""                        # s3://bucket/prefix: images in S3 (boto3); empty: data_dir/blobs
     engine: str = "mpi"                       # "mpi" or "local"
     workers: int = 0                          # 0: one per core
     host: str = "127.0.0.1"

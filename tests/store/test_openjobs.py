@@ -28,8 +28,8 @@ from pixmill.store import schema
 from pixmill.store.facade import ORPHAN_GRACE, NewTask, Store, TaskState
 from pixmill.web.jobstart import JobStart
 from pixmill.web.uploads import read_upload
-from support.backends import sqlite_only
-from support.web import assert_error, dispatcher, make_client, path_of, stored_blobs, wait_job
+from support.backends import blob_keys, partial_writes, sqlite_only
+from support.web import assert_error, dispatcher, make_client, path_of, wait_job
 
 REAL = Path(__file__).parents[1] / "data" / "real"
 MB = 1024 * 1024
@@ -43,8 +43,8 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.both_backends]   # each test 
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url,
                     engine="local", workers=1, max_files=8,
                     max_file_bytes=1 * MB, max_request_bytes=3 * MB, lease_seconds=30, max_attempts=3)
 
@@ -69,14 +69,14 @@ def blob_rows(store: Store) -> set[str]:
 
 
 def blob_files(store: Store) -> set[str]:
-    """Every file under the blob folder, temp files included (by name)."""
-    return {p.name for p in store.blobs.root.rglob("*") if p.is_file()}
+    """Every blob stored, and every half-written one (a temp file's or an open multipart upload's name)."""
+    return blob_keys(store) | set(partial_writes(store))
 
 
 def assert_nothing_stored(store: Store, settings: Settings) -> None:
     assert store.list_jobs() == []
     assert (rows(store, "jobs"), rows(store, "tasks"), rows(store, "blobs")) == (0, 0, 0)
-    assert stored_blobs(settings) == [] and store.blob_usage() == 0
+    assert blob_files(store) == set() and store.blob_usage() == 0
 
 
 def open_job_ids(store: Store) -> list[str]:
@@ -244,7 +244,7 @@ def test_sealing_with_another_output_requeues_the_tasks_added_before(store: Stor
     assert store.complete("d1", first.id, Result(b"made as jpeg", "jpeg", 4, 3, ("converted",)))
     assert store.fail("d1", second.id, "step 1 grayscale: bad")
     stale = store.database.connection().execute("SELECT result_blob FROM tasks WHERE id = ?", (first.id,)).fetchone()[0]
-    assert stale in blob_rows(store) and store.blob_path(stale).is_file()
+    assert stale in blob_rows(store) and stale in blob_keys(store)
     used = store.blob_usage()
 
     job = store.seal_job(job_id, new_tasks(store, 2, first=3), Output("png", 50), start=3)
@@ -254,11 +254,11 @@ def test_sealing_with_another_output_requeues_the_tasks_added_before(store: Stor
             (TaskState.QUEUED, 0, None, None, None), task
         assert (task.width, task.height, task.notes, task.started_at, task.finished_at) == (None, None, (), None, None)
     assert [t.input_blob for t in job.tasks[:3]] == [first.input_blob, second.input_blob, third.input_blob]
-    assert stale not in blob_rows(store) and not store.blob_path(stale).exists()
+    assert stale not in blob_rows(store) and stale not in blob_keys(store)
     assert store.blob_usage() == used - len(b"made as jpeg") + 20          # the two new inputs are 10 B each
     assert store.renew("d1") == set()
     assert not store.complete("d1", third.id, FAKE)                       # the old claim is no longer held
-    assert not list(store.blobs.tmp.iterdir())
+    assert not partial_writes(store)
     again = store.claim("d2", 10, busy=False)
     assert [c.n for c in again] == [0, 1, 2, 3, 4] and {c.output for c in again} == {Output("png", 50)}
     assert [c.attempts for c in again] == [1] * 5
@@ -473,7 +473,7 @@ def test_a_request_over_the_limit_after_early_start_leaves_nothing(store, settin
     with pytest.raises(ImageTooLarge, match="per-request limit"):
         call.result(timeout=20)
     assert_nothing_stored(store, settings)
-    assert not list(store.blobs.tmp.iterdir())
+    assert not partial_writes(store)
 
 
 def test_a_later_format_that_changes_nothing_keeps_the_results(store, settings, uploads):
@@ -522,7 +522,7 @@ def test_a_refusal_after_early_start_leaves_nothing(app, store, settings, upload
     claims = store.claim("fake", 10, busy=False)                 # a fake dispatcher takes what has started
     assert claims and len(open_job_ids(store)) == 1
     assert store.complete("fake", claims[0].id, FAKE)            # ... and finishes one
-    assert len(stored_blobs(settings)) == len(claims) + 1
+    assert len(blob_keys(store)) == len(claims) + 1
     body.open(0)
     assert_error(call.result(timeout=20), status, code, *words)
     assert_nothing_stored(store, settings)
@@ -530,7 +530,7 @@ def test_a_refusal_after_early_start_leaves_nothing(app, store, settings, upload
     for claim in claims[1:]:                                     # results that come after the refusal
         assert not store.complete("fake", claim.id, FAKE)
     assert_nothing_stored(store, settings)
-    assert not list(store.blobs.tmp.iterdir())
+    assert not partial_writes(store)
 
 
 def test_a_refusal_at_seal_time_leaves_nothing(app, store, settings, uploads, monkeypatch):
@@ -611,7 +611,7 @@ def test_a_later_format_requeues_the_tasks_that_ran_and_their_results_follow_it(
     job = store.get_job(job_id)
     assert [(t.n, t.name, t.state, t.attempts, t.result_blob) for t in job.tasks] == \
         [(n, name, TaskState.QUEUED, 0, None) for n, name in enumerate(names)]
-    assert stale not in blob_rows(store) and not store.blob_path(stale).exists()
+    assert stale not in blob_rows(store) and stale not in blob_keys(store)
 
     with dispatcher(store, settings):
         done = wait_job(client, job_id, timeout=40)
@@ -621,7 +621,7 @@ def test_a_later_format_requeues_the_tasks_that_ran_and_their_results_follow_it(
         expected = process((REAL / name).read_bytes(), GRAY, Output("png"))
         assert result.mimetype == "image/png" and codec.sniff(result.data) == "png"
         assert result.data == expected.data, name
-    assert stale not in {p.name for p in stored_blobs(settings)}
+    assert stale not in blob_keys(store)
 
 
 def test_six_files_with_the_pipeline_first_give_what_process_gives(app, client, store, settings, uploads):

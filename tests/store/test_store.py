@@ -17,7 +17,7 @@ from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, Result
 from pixmill.store import JobView, NewTask, Store, TaskState, pgschema, schema
 from pixmill.store.taskqueue import crash_message
-from support.backends import postgres_only, sqlite_only
+from support.backends import blob_keys, partial_writes, postgres_only, sqlite_only
 
 pytestmark = pytest.mark.both_backends   # each test on SQLite and on PostgreSQL
 
@@ -25,8 +25,8 @@ GRAY = parse_pipeline("grayscale")
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url,
                     quota_bytes=10_000, lease_seconds=30, max_attempts=3)
 
 
@@ -35,8 +35,9 @@ def make_job(store: Store, count: int = 3, *, owner: str | None = None, size: in
     return store.create_job(tasks, Output("png", 80), owner=owner)
 
 
-def blob_files(store: Store) -> list[Path]:
-    return sorted(p for p in store.blobs.root.rglob("*") if p.is_file())
+def blob_files(store: Store) -> dict[str, bytes]:
+    """Every stored blob's bytes by key, in the folder or the bucket."""
+    return {key: store.read_blob(key) for key in sorted(blob_keys(store))}
 
 
 def task_row(store: Store, job_id: str, n: int) -> sqlite3.Row:
@@ -109,11 +110,11 @@ def test_postgres_is_migrated_once_by_nodes_that_open_it_together(settings: Sett
 def test_blobs_are_written_whole_from_bytes_or_streams(store: Store):
     key = store.put_blob(b"abc")
     other = store.put_blob(io.BytesIO(b"x" * 5000))
-    assert store.read_blob(key) == b"abc" and store.blob_path(other).read_bytes() == b"x" * 5000
+    assert store.read_blob(key) == b"abc" and store.read_blob(other) == b"x" * 5000
     assert store.blob_usage() == 5003
-    assert not list(store.blobs.tmp.iterdir())
+    assert not partial_writes(store)
     with pytest.raises(NotFound):
-        store.blob_path("../../etc/passwd")
+        store.read_blob("../../etc/passwd")
 
 
 def test_an_oversized_blob_leaves_nothing_behind(store: Store):
@@ -121,17 +122,17 @@ def test_an_oversized_blob_leaves_nothing_behind(store: Store):
         store.put_blob(io.BytesIO(b"x" * 5000), max_bytes=100)
     with pytest.raises(ImageTooLarge):
         store.put_blob(b"x" * 101, max_bytes=100)
-    assert blob_files(store) == [] and store.blob_usage() == 0
+    assert blob_files(store) == {} and store.blob_usage() == 0 and not partial_writes(store)
 
 
 def test_a_full_quota_refuses_new_blobs_and_harms_nothing_stored(store: Store):
     job = make_job(store, 2, size=4000)
-    before = {p: p.read_bytes() for p in blob_files(store)}
+    before = blob_files(store)
     with pytest.raises(StorageFull, match="quota is full") as caught:
         store.put_blob(io.BytesIO(b"y" * 4000))
     assert caught.value.status == 507
-    assert {p: p.read_bytes() for p in blob_files(store)} == before
-    assert store.blob_usage() == 8000 and not list(store.blobs.tmp.iterdir())
+    assert blob_files(store) == before
+    assert store.blob_usage() == 8000 and not partial_writes(store)
     assert store.get_job(job.id).counts()["queued"] == 2
     result = store.put_blob(b"r" * 4000, enforce_quota=False)  # results of accepted jobs still land
     store.delete_job(job.id)
@@ -197,7 +198,7 @@ def test_cancelled_tasks_are_never_started_nor_recorded(store: Store):
     assert store.claim("d1", 10, busy=False) == []
     assert store.renew("d1") == set()
     assert not store.complete("d1", running.id, Result(b"late", "png", 1, 1))
-    assert len(blob_files(store)) == 3 and not list(store.blobs.tmp.iterdir())  # the late result left nothing
+    assert len(blob_files(store)) == 3 and not partial_writes(store)  # the late result left nothing
 
 
 def test_a_crash_requeues_suspects_that_then_run_alone(store: Store):
@@ -282,7 +283,7 @@ def test_retention_deletes_old_jobs_with_their_blobs(store: Store, settings: Set
     with pytest.raises(NotFound):
         store.get_job(old.id)
     assert store.get_job(new.id).tasks[0].input_blob
-    remaining = {p.name for p in blob_files(store)}
+    remaining = set(blob_files(store))
     assert remaining == {new.tasks[0].input_blob, orphan}
     assert store.blob_usage() == 10 + len(b"never used")
 
@@ -292,7 +293,7 @@ def test_delete_job_removes_rows_and_blobs(store: Store):
     with pytest.raises(NotFound):
         store.delete_job(job.id, owner="bob")
     store.delete_job(job.id, owner="alice")
-    assert blob_files(store) == [] and store.blob_usage() == 0
+    assert blob_files(store) == {} and store.blob_usage() == 0
     with pytest.raises(NotFound):
         store.get_job(job.id)
 
@@ -317,8 +318,8 @@ def test_threads_share_a_store_and_claim_each_task_once(store: Store):
     assert len(claimed) == len(set(claimed)) == store.stats()["tasks"]["running"]
 
 
-def _claim_all(data_dir: str, database_url: str, name: str, out) -> None:
-    with Store.open(Settings(data_dir=Path(data_dir), database_url=database_url)) as store:
+def _claim_all(data_dir: str, database_url: str, blob_url: str, name: str, out) -> None:
+    with Store.open(Settings(data_dir=Path(data_dir), database_url=database_url, blob_url=blob_url)) as store:
         ids = []
         while batch := store.claim(name, 2, busy=False):
             ids.extend(c.id for c in batch)
@@ -332,7 +333,8 @@ def test_processes_share_a_store_and_claim_each_task_once(store: Store, settings
         make_job(store, 20)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(settings.data_dir), settings.database_url, f"p{i}", out))
+    procs = [ctx.Process(target=_claim_all, args=(str(settings.data_dir), settings.database_url, settings.blob_url,
+                                                           f"p{i}", out))
              for i in range(4)]
     for p in procs:
         p.start()

@@ -106,8 +106,8 @@ def test_the_archive_streams_in_pieces_reading_one_result_at_a_time(store: Store
     results = {n: Result(os.urandom(size), "png", 1, 1) for n in range(3)}   # incompressible
     job = finish(store, make_job(store, ["a.bmp", "b.bmp", "c.bmp"]), results)
     opened: list[str] = []
-    blob_path = store.blob_path
-    monkeypatch.setattr(store, "blob_path", lambda key: opened.append(key) or blob_path(key))
+    blob_source = store.blob_source
+    monkeypatch.setattr(store, "blob_source", lambda key: opened.append(key) or blob_source(key))
     stream = stream_archive(store, job)
     first = next(stream)
     assert opened == [job.tasks[0].result_blob]          # nothing of the later results was read yet

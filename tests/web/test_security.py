@@ -57,8 +57,8 @@ def post_raw(client, parts, path: str = "/api/v1/jobs", headers=None):
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url,
                     engine="local", workers=1, max_files=len(NAMES) + 2)
 
 

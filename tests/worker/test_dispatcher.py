@@ -21,6 +21,7 @@ from pixmill.imaging.process import Output, process
 from pixmill.store import JobView, NewTask, Store, TaskState
 from pixmill.worker.dispatcher import STOPPED, Dispatcher
 from pixmill.worker.engine import make_executor
+from support.backends import blob_keys
 from support.jobs_tasks import CRASH, HANG, SLOW, make_png, misbehaving_process, slow_process
 
 pytestmark = pytest.mark.both_backends   # each test on SQLite and on PostgreSQL
@@ -30,8 +31,8 @@ WAIT = 90.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url,
                     engine="local", workers=2, task_timeout=60.0, lease_seconds=30.0)
 
 
@@ -144,7 +145,7 @@ def test_a_clean_stop_leaves_every_task_done_or_queued(store: Store, settings: S
         assert (task.state, task.result_blob is not None) in ((TaskState.DONE, True), (TaskState.QUEUED, False))
         assert task.attempts == (1 if task.state is TaskState.DONE else 0)
     referenced = {t.result_blob for t in after.tasks} | {t.input_blob for t in after.tasks}
-    stored = {p.name for p in store.blobs.root.glob("??/*")}
+    stored = blob_keys(store)
     assert stored == referenced - {None}  # no result blob left behind half-recorded
 
 
@@ -179,7 +180,8 @@ def test_submit_and_status_from_the_command_line(store: Store, settings: Setting
     for i in range(3):
         files.append(tmp_path / f"in{i}.png")
         files[-1].write_bytes(make_png(i))
-    runner = CliRunner(env={"PIXMILL_DATABASE_URL": settings.database_url})   # as a node is configured
+    runner = CliRunner(env={"PIXMILL_DATABASE_URL": settings.database_url,     # as a node is configured
+                            "PIXMILL_BLOB_URL": settings.blob_url})
     data_dir = str(settings.data_dir)
     with dispatching(store, settings):
         result = runner.invoke(submit, [*map(str, files), "-p", "grayscale | blur(ksize=5)", "--data-dir", data_dir,
@@ -190,7 +192,8 @@ def test_submit_and_status_from_the_command_line(store: Store, settings: Setting
     outputs = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in outputs] == ["0000-in0.png", "0001-in1.png", "0002-in2.png"]
     assert outputs[1].read_bytes() == process(make_png(1), PIPELINE).data
-    shown = runner.invoke(status, [job_id, "--data-dir", data_dir, "--database-url", settings.database_url, "--json"])
+    shown = runner.invoke(status, [job_id, "--data-dir", data_dir, "--database-url", settings.database_url,
+                                   "--blob-url", settings.blob_url, "--json"])
     assert shown.exit_code == 0 and '"state": "done"' in shown.output
     missing = runner.invoke(status, ["nope", "--data-dir", data_dir])
     assert missing.exit_code == 1 and "no such job" in missing.output
@@ -201,7 +204,7 @@ def test_submit_refuses_a_bad_file_and_queues_nothing(store: Store, settings: Se
     good.write_bytes(make_png(0))
     bad.write_bytes(b"<svg></svg>")
     result = CliRunner().invoke(submit, [str(good), str(bad), "-p", "grayscale", "--data-dir", str(settings.data_dir),
-                                         "--database-url", settings.database_url])
+                                         "--database-url", settings.database_url, "--blob-url", settings.blob_url])
     assert result.exit_code == 2 and "bad.png" in result.output and "nothing was queued" in result.output
     assert store.list_jobs() == [] and store.blob_usage() == 0
     bad_pipeline = CliRunner().invoke(submit, [str(good), "-p", "grayscale | nope",

@@ -18,6 +18,7 @@ from pixmill.store import JobView, NewTask, Store, TaskState
 from pixmill.worker import recorder as recorder_module
 from pixmill.worker.dispatcher import Dispatcher
 from pixmill.worker.recorder import Recorder
+from support.backends import blob_keys, partial_writes
 
 GRAY = parse_pipeline("grayscale")
 FULL = "the disk that holds the data dir is full"
@@ -26,8 +27,8 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.both_backends]   # each test 
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url,
                     lease_seconds=30, max_attempts=3)
 
 
@@ -55,9 +56,9 @@ def result(i: int) -> Result:
     return Result(f"result {i}".encode() * 3, "png", 4 + i, 3, (f"note {i}",))
 
 
-def all_files(store: Store) -> list[Path]:
-    """Every file in the blob folder, its tmp/ folder included."""
-    return sorted(p for p in store.blobs.root.rglob("*") if p.is_file())
+def all_files(store: Store) -> list[str]:
+    """Every blob stored and every half-written one, in the folder (tmp/ included) or the bucket."""
+    return sorted(blob_keys(store) | set(partial_writes(store)))
 
 
 def blob_rows(store: Store) -> set[str]:
@@ -65,10 +66,10 @@ def blob_rows(store: Store) -> set[str]:
 
 
 def assert_blobs_consistent(store: Store) -> None:
-    """The files are exactly the blobs the table knows, nothing is left in tmp/, the usage adds up."""
-    assert {p.name for p in all_files(store)} == blob_rows(store)
-    assert not list(store.blobs.tmp.iterdir())
-    assert store.blob_usage() == sum(p.stat().st_size for p in all_files(store))
+    """The blobs stored are exactly those the table knows, none is half-written, the usage adds up."""
+    assert set(all_files(store)) == blob_rows(store)
+    assert not partial_writes(store)
+    assert store.blob_usage() == sum(len(store.read_blob(key)) for key in all_files(store))
 
 
 class Gate:
@@ -143,14 +144,14 @@ def test_a_result_the_disk_cannot_hold_fails_its_task_and_the_others_are_stored(
     job = make_job(store, 3)
     claims = store.claim("d1", 3, busy=False)
     results = [result(c.n) for c in claims]
-    write_temp = store.blobs.write_temp
+    stage = store.blobs.stage
 
     def full_for_one(source, **kwargs):
         if source == results[1].data:
             raise StorageFull(FULL)
-        return write_temp(source, **kwargs)
+        return stage(source, **kwargs)
 
-    monkeypatch.setattr(store.blobs, "write_temp", full_for_one)
+    monkeypatch.setattr(store.blobs, "stage", full_for_one)
     started = time.time() - 1
     done = [(c.id, r, started) for c, r in zip(claims, results)]
     assert store.complete_many("d1", done) == [True, False, True]
@@ -172,7 +173,7 @@ def test_complete_fails_the_task_when_the_disk_is_full(store: Store, monkeypatch
     def full(source, **kwargs):
         raise StorageFull(FULL)
 
-    monkeypatch.setattr(store.blobs, "write_temp", full)
+    monkeypatch.setattr(store.blobs, "stage", full)
     assert store.complete("d1", claim.id, result(0)) is False
     task = store.get_job(job.id).tasks[0]
     assert task.state is TaskState.FAILED and task.error == f"could not store the result: {FULL}"
@@ -181,16 +182,16 @@ def test_complete_fails_the_task_when_the_disk_is_full(store: Store, monkeypatch
 def test_a_store_error_in_the_transaction_stores_nothing_of_the_batch(store: Store, monkeypatch):
     job = make_job(store, 3)
     claims = store.claim("d1", 3, busy=False)
-    commit = store.blobs.commit
+    publish = store.blobs.publish
     calls = []
 
-    def fail_second(tmp, key):
-        calls.append(key)
+    def fail_second(staged):
+        calls.append(staged.key)
         if len(calls) == 2:
             raise OSError(5, "Input/output error")
-        return commit(tmp, key)
+        return publish(staged)
 
-    monkeypatch.setattr(store.blobs, "commit", fail_second)
+    monkeypatch.setattr(store.blobs, "publish", fail_second)
     with pytest.raises(OSError):
         store.complete_many("d1", [(c.id, result(c.n), None) for c in claims])
     assert [t.state for t in store.get_job(job.id).tasks] == [TaskState.RUNNING] * 3

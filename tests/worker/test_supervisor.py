@@ -32,9 +32,9 @@ WAIT = 60.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
     # Leases far longer than any test: tasks go back to the queue only because the supervisor puts them back.
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url,
                     engine="local", workers=1, lease_seconds=600.0)
 
 

@@ -29,18 +29,20 @@ __all__ = ["submit", "status"]
 @options.color
 @options.data_dir
 @options.database_url
+@options.blob_url
 @click.option("--wait", "wait_", is_flag=True, help="Wait until every task has ended, then print the status.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="With --wait: give up after this many seconds.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --wait: write the results into this directory.")
 def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, color_mode: str, data_dir: Path | None,
-           database_url: str | None, wait_: bool, timeout: float | None, out_dir: Path | None) -> None:
+           database_url: str | None, blob_url: str | None, wait_: bool, timeout: float | None,
+           out_dir: Path | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
     from ..store import NewTask
 
-    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    settings = load_settings(data_dir=data_dir, database_url=database_url, blob_url=blob_url)
     if len(sources) > settings.max_files:
         raise click.UsageError(f"{len(sources)} images, over the limit of {settings.max_files} per job")
     with Store.open(settings) as store:
@@ -75,12 +77,13 @@ def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, colo
 @click.argument("job_id")
 @options.data_dir
 @options.database_url
+@options.blob_url
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
-def status(job_id: str, data_dir: Path | None, database_url: str | None, as_json: bool) -> None:
+def status(job_id: str, data_dir: Path | None, database_url: str | None, blob_url: str | None, as_json: bool) -> None:
     """Show a job's state and each of its tasks."""
     from ..web.present import job_json  # the API's own shape; imported here as Flask is slow to load
 
-    with Store.open(load_settings(data_dir=data_dir, database_url=database_url)) as store:
+    with Store.open(load_settings(data_dir=data_dir, database_url=database_url, blob_url=blob_url)) as store:
         try:
             job = store.get_job(job_id)
         except PixmillError as exc:

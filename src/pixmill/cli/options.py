@@ -17,7 +17,8 @@ from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS
 from ..worker.engine import ENGINES
 
-__all__ = ["data_dir", "database_url", "engine", "workers", "images", "pipeline", "output_format", "quality", "color"]
+__all__ = ["data_dir", "database_url", "blob_url", "engine", "workers", "images", "pipeline", "output_format",
+           "quality", "color"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +30,11 @@ database_url = click.option(
     "--database-url", default=None, metavar="postgresql://USER@HOST:PORT/DB",
     help="Keep jobs and tasks in this PostgreSQL database instead of the data dir's SQLite file "
          "(or PIXMILL_DATABASE_URL).")
+
+blob_url = click.option(
+    "--blob-url", default=None, metavar="s3://BUCKET/PREFIX",
+    help="Keep images in this S3 bucket (boto3: AWS_* variables, AWS_ENDPOINT_URL) instead of the data dir "
+         "(or PIXMILL_BLOB_URL).")
 
 
 def _parse_pipeline(ctx: click.Context, param: click.Parameter, spec: str) -> Pipeline:

@@ -27,16 +27,18 @@ log = logging.getLogger("pixmill.serve")
 @options.engine()
 @options.data_dir
 @options.database_url
+@options.blob_url
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Web server threads (default 8, or PIXMILL_THREADS).")
 @click.option("--no-dispatcher", "web_only", is_flag=True,
               help="Serve only: a web replica, while `pixmill worker` nodes on the same database do the work.")
 def serve(host: str | None, port: int | None, workers: int | None, engine: str | None,
-          data_dir: Path | None, database_url: str | None, threads: int | None, web_only: bool) -> None:
+          data_dir: Path | None, database_url: str | None, blob_url: str | None, threads: int | None,
+          web_only: bool) -> None:
     """Serve the web page and the API, with a dispatcher running the work on a worker pool."""
     setup_logging()
     settings = load_settings(host=host, port=port, workers=workers, engine=engine, data_dir=data_dir,
-                             database_url=database_url, threads=threads)
+                             database_url=database_url, blob_url=blob_url, threads=threads)
     if web_only and not settings.database_url:
         click.echo("pixmill: --no-dispatcher without a database URL: only `pixmill worker` on this data dir "
                    "will run the jobs", err=True)

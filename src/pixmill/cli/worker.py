@@ -20,12 +20,13 @@ __all__ = ["worker", "run_supervised"]
 @click.command()
 @options.data_dir
 @options.database_url
+@options.blob_url
 @options.engine("Ignored in a static MPI pool.")
 @options.workers("A static MPI pool uses every rank but 0.")
 @click.option("--task-timeout", type=click.FloatRange(min=0.1), default=None,
               help="Seconds one image may take before it fails (default 60).")
-def worker(data_dir: Path | None, database_url: str | None, engine: str | None, workers: int | None,
-           task_timeout: float | None) -> None:
+def worker(data_dir: Path | None, database_url: str | None, blob_url: str | None, engine: str | None,
+           workers: int | None, task_timeout: float | None) -> None:
     """Process queued tasks of the store on a pool of workers, until Ctrl-C or SIGTERM.
 
     Run alone it spawns its MPI workers (or local processes) and restarts the pool if a worker dies.
@@ -35,8 +36,8 @@ def worker(data_dir: Path | None, database_url: str | None, engine: str | None, 
     from ..worker.staticpool import in_static_pool, run_static
 
     setup_logging()
-    settings = load_settings(data_dir=data_dir, database_url=database_url, engine=engine, workers=workers,
-                             task_timeout=task_timeout)
+    settings = load_settings(data_dir=data_dir, database_url=database_url, blob_url=blob_url, engine=engine,
+                             workers=workers, task_timeout=task_timeout)
     if in_static_pool():
         sys.exit(run_static(settings))
     if "PMI_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:

@@ -1,4 +1,10 @@
-"""The blob folder: immutable files named by random keys, written by temp file, fsync and rename."""
+"""The blob folder: immutable files named by random keys, written by temp file, fsync and rename.
+
+Its calls are those of every blob backend (S3's in s3blobs.py): `stage` writes new bytes under a
+fresh key, `publish` makes them readable once their row is in the transaction, `discard` removes
+them if the transaction rolls back; then `read`, `source`, `delete` and the purge's
+`keys_older_than` and `sweep_temp`.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from ..errors import ImageTooLarge, NotFound, StorageFull
 from ..limits import format_bytes
 
-__all__ = ["BlobFolder", "new_key", "valid_key"]
+__all__ = ["BlobFolder", "Staged", "new_key", "valid_key", "limit_size"]
 
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
 CHUNK = 1024 * 1024
@@ -29,6 +35,15 @@ def new_key() -> str:
 def valid_key(key: str) -> bool:
     """Whether key has the shape new_key gives (so it can never name a path outside the folder)."""
     return isinstance(key, str) and bool(_KEY.match(key))
+
+
+class Staged(NamedTuple):
+    """New bytes written under a fresh key, not yet published: its key, its size, and the folder's temp
+    file until publish (None where the bytes already sit under the key, as in S3)."""
+
+    key: str
+    size: int
+    tmp: Path | None
 
 
 class BlobFolder:
@@ -49,7 +64,7 @@ class BlobFolder:
                    check: Callable[[int], None] = lambda size: None) -> tuple[Path, int]:
         """Copy source to a fsynced temp file; check(size_so_far) may raise to stop. Returns (path, size)."""
         if isinstance(source, (bytes, bytearray, memoryview)):
-            _limit(len(source), max_bytes)
+            limit_size(len(source), max_bytes)
             check(len(source))
         tmp = self.tmp / f"{new_key()}.part"
         size = 0
@@ -61,7 +76,7 @@ class BlobFolder:
                 else:
                     while chunk := source.read(CHUNK):
                         size += len(chunk)
-                        _limit(size, max_bytes)
+                        limit_size(size, max_bytes)
                         check(size)
                         f.write(chunk)
                 f.flush()
@@ -75,6 +90,27 @@ class BlobFolder:
             tmp.unlink(missing_ok=True)
             raise
         return tmp, size
+
+    def stage(self, source: bytes | BinaryIO, *, max_bytes: int | None,
+              check: Callable[[int], None] = lambda size: None) -> Staged:
+        """Write source to a fsynced temp file for a fresh key (see write_temp)."""
+        tmp, size = self.write_temp(source, max_bytes=max_bytes, check=check)
+        return Staged(new_key(), size, tmp)
+
+    def publish(self, staged: Staged) -> None:
+        """Move a staged blob into place under its key."""
+        assert staged.tmp is not None
+        self.commit(staged.tmp, staged.key)
+
+    def discard(self, staged: Staged) -> None:
+        """Remove what stage wrote, published or not (its transaction rolled back, or it was not recorded)."""
+        if staged.tmp is not None:
+            staged.tmp.unlink(missing_ok=True)
+        self.delete([staged.key])
+
+    def source(self, key: str) -> Path:
+        """The file of a blob, for sending or archiving (NotFound for a malformed key)."""
+        return self.path(key)
 
     def commit(self, tmp: Path, key: str) -> None:
         """Move a complete (fsynced) temp file into place under key."""
@@ -129,6 +165,7 @@ class BlobFolder:
         return shutil.disk_usage(self.root).free
 
 
-def _limit(size: int, max_bytes: int | None) -> None:
+def limit_size(size: int, max_bytes: int | None) -> None:
+    """ImageTooLarge if size is over max_bytes (None: no limit)."""
     if max_bytes is not None and size > max_bytes:
         raise ImageTooLarge(f"the file is over the {format_bytes(max_bytes)} limit")

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from ..config import Settings
 from ..errors import StorageFull
 from ..limits import format_bytes
-from .blobs import BlobFolder, new_key
+from .blobs import BlobFolder
 from .database import Database
 
 __all__ = ["BlobStore"]
@@ -38,19 +38,18 @@ class BlobStore:
             if quota is not None and used + size > quota:
                 raise self._full(used)
 
-        tmp, size = self.folder.write_temp(source, max_bytes=max_bytes, check=check)
-        key = new_key()
+        staged = self.folder.stage(source, max_bytes=max_bytes, check=check)
         try:
             with self.database.write() as db:
                 used = db.execute(f"SELECT bytes FROM usage{self.database.lock_rows}").fetchone()[0]
-                check(size)
-                db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, time.time()))
-                self.folder.commit(tmp, key)
+                check(staged.size)
+                db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)",
+                           (staged.key, staged.size, time.time()))
+                self.folder.publish(staged)
         except BaseException:
-            tmp.unlink(missing_ok=True)
-            self.folder.delete([key])  # the transaction rolled back, so nothing refers to it
+            self.folder.discard(staged)  # the transaction rolled back, so nothing refers to it
             raise
-        return key
+        return staged.key
 
     def delete_unreferenced(self, keys: Iterable[str]) -> None:
         """Delete blobs that no job refers to yet, such as the uploads of a refused request."""

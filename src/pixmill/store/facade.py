@@ -1,4 +1,5 @@
-"""The store: jobs and tasks in SQLite (WAL mode, the default) or PostgreSQL, and their images in a blob folder.
+"""The store: jobs and tasks in SQLite (WAL mode, the default) or PostgreSQL, and their images in a blob
+folder (the default) or S3.
 
 The store is the only thing the web service and the dispatchers share. Every state change of a
 job or task is one method and one transaction, so either side may die at any moment and leave
@@ -25,6 +26,7 @@ from .database import Database
 from .jobs import ORPHAN_GRACE, Jobs, JobView, NewTask, TaskState, TaskView
 from .openjobs import OpenJobs
 from .postgres import PostgresDatabase, redact
+from .s3blobs import S3Blobs
 from .taskqueue import Claim, TaskQueue
 
 __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE", "describe_store"]
@@ -33,7 +35,8 @@ __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE
 class Store:
     """Jobs, tasks and blobs in one data dir; see the module docstring."""
 
-    def __init__(self, settings: Settings, blobs: BlobFolder, database: Database | None = None) -> None:
+    def __init__(self, settings: Settings, blobs: BlobFolder | S3Blobs,
+                 database: Database | PostgresDatabase | None = None) -> None:
         self.settings = settings
         self.blobs = blobs
         self.database = database if database is not None else _database(settings, open=False)
@@ -49,7 +52,7 @@ class Store:
         # relative one against the package folder, not the working directory.
         settings = dataclasses.replace(settings, data_dir=settings.data_dir.resolve())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        blobs = BlobFolder(settings.blob_dir)
+        blobs = S3Blobs(settings.blob_url) if settings.blob_url else BlobFolder(settings.blob_dir)
         return cls(settings, blobs, _database(settings, open=True))
 
     def close(self) -> None:
@@ -70,8 +73,12 @@ class Store:
         return self.blob_store.put(source, max_bytes=max_bytes, enforce_quota=enforce_quota)
 
     def blob_path(self, key: str) -> Path:
-        """The file holding a blob."""
+        """The file holding a blob (in the blob folder; S3 has none)."""
         return self.blobs.path(key)
+
+    def blob_source(self, key: str) -> Path | BinaryIO:
+        """A blob to send or copy: the folder's file, or a seekable file of S3's bytes."""
+        return self.blobs.source(key)
 
     def read_blob(self, key: str) -> bytes:
         """A blob's bytes (NotFound if it is gone)."""
@@ -223,5 +230,7 @@ def _database(settings: Settings, *, open: bool) -> Database | PostgresDatabase:
 def describe_store(settings: Settings) -> str:
     """Where the store keeps things, for a start-up line (a database URL without its password)."""
     if settings.database_url:
-        return f"jobs in {redact(settings.database_url)}, images in {settings.blob_dir.resolve()}"
-    return f"data in {settings.data_dir.resolve()}"
+        jobs = f"jobs in {redact(settings.database_url)}"
+    else:
+        jobs = f"jobs in {settings.db_path.resolve()}"
+    return f"{jobs}, images in {settings.blob_url or settings.blob_dir.resolve()}"

@@ -13,13 +13,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 from ..config import Settings
 from ..errors import PixmillError
 from ..imaging.process import Output, Result
-from .blobs import BlobFolder, new_key
+from .blobs import BlobFolder, Staged
 from .database import Database
 from .jobs import TaskState, output_from_json
 
@@ -128,42 +127,41 @@ class TaskQueue:
         """complete() for several held tasks (Finished, or tuples of its fields) in one transaction; a
         result that cannot be stored (the disk is full) fails its task instead. True for each task marked done."""
         done = [Finished(*item) for item in done]
-        written: list[tuple[Finished, Path, int, str]] = []
+        written: list[tuple[Finished, Staged]] = []
         refused: list[tuple[int, str, float | None]] = []
+        recorded: set[int] = set()
         try:
             for item in done:
                 try:
-                    tmp, size = self.blobs.write_temp(item.result.data, max_bytes=None)
+                    written.append((item, self.blobs.stage(item.result.data, max_bytes=None)))
                 except PixmillError as exc:
                     refused.append((item.task_id, f"could not store the result: {exc.message}", item.started_at))
-                    continue
-                written.append((item, tmp, size, new_key()))
-            recorded: set[int] = set()
             now = time.time()
-            try:
-                with self.database.write() as db:
-                    for item, tmp, size, key in written:
-                        result = item.result
-                        cur = db.execute(
-                            "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, "
-                            "height = ?, notes = ?, error = NULL, started_at = COALESCE(?, started_at), "
-                            "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
-                            "WHERE id = ? AND lease_owner = ? AND state = 'running' AND claims = COALESCE(?, claims)",
-                            (key, result.format, result.width, result.height, json.dumps(list(result.notes)),
-                             item.started_at, now, item.task_id, dispatcher_id, item.claim))
-                        if cur.rowcount == 1:
-                            db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)", (key, size, now))
-                            self.blobs.commit(tmp, key)
-                            recorded.add(item.task_id)
-                    for task_id, error, started_at in refused:
-                        _fail(db, dispatcher_id, task_id, error, started_at)
-            except BaseException:
-                self.blobs.delete([key for *_, key in written])  # rolled back: nothing refers to them
-                raise
-            return [item.task_id in recorded for item in done]
+            with self.database.write() as db:
+                for item, staged in written:
+                    result = item.result
+                    cur = db.execute(
+                        "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, "
+                        "height = ?, notes = ?, error = NULL, started_at = COALESCE(?, started_at), "
+                        "finished_at = ?, lease_owner = NULL, lease_expires = NULL "
+                        "WHERE id = ? AND lease_owner = ? AND state = 'running' AND claims = COALESCE(?, claims)",
+                        (staged.key, result.format, result.width, result.height, json.dumps(list(result.notes)),
+                         item.started_at, now, item.task_id, dispatcher_id, item.claim))
+                    if cur.rowcount == 1:
+                        db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)",
+                                   (staged.key, staged.size, now))
+                        self.blobs.publish(staged)
+                        recorded.add(item.task_id)
+                for task_id, error, started_at in refused:
+                    _fail(db, dispatcher_id, task_id, error, started_at)
+        except BaseException:
+            recorded.clear()  # rolled back: nothing refers to any of them
+            raise
         finally:
-            for _, tmp, _, _ in written:
-                tmp.unlink(missing_ok=True)
+            for item, staged in written:
+                if item.task_id not in recorded:
+                    self.blobs.discard(staged)
+        return [item.task_id in recorded for item in done]
 
     def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:
         """Mark a held task failed with a message for the user; False if it is no longer ours."""

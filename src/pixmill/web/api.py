@@ -157,7 +157,7 @@ def _task_response(job_id: str, task: TaskView, download: bool) -> Response:
 
 
 def _send_blob(key: str, fmt: str, name: str, download: bool) -> Response:
-    response = send_file(services().store.blob_path(key), mimetype=MEDIA_TYPES[fmt], as_attachment=download,
+    response = send_file(services().store.blob_source(key), mimetype=MEDIA_TYPES[fmt], as_attachment=download,
                          download_name=name, etag=key, conditional=True, max_age=3600)
     response.headers["Cache-Control"] = "private, max-age=3600"
     if not download:   # inline, but still with a safe name for "save as"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from ..errors import PixmillError
 from ..imaging.codec import EXTENSIONS
@@ -57,7 +58,8 @@ def stream_archive(store: Store, job: JobView) -> Iterator[bytes]:
     # supports for deflated members; level 1 costs little on images that are already compressed.
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for arcname, key in archive_names(job):
-            with open(store.blob_path(key), "rb") as source, zf.open(arcname, "w") as member:
+            blob = store.blob_source(key)
+            with (open(blob, "rb") if isinstance(blob, Path) else blob) as source, zf.open(arcname, "w") as member:
                 while chunk := source.read(CHUNK):
                     member.write(chunk)
                     if sum(map(len, sink.parts)) >= CHUNK:
