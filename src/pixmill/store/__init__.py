@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .facade import Store, describe_store
 from .jobs import ENDED, JOB_ENDED, JobState, JobView, NewTask, TaskState, TaskView
-from .taskqueue import Claim, Finished
+from .taskqueue import Claim, Finished, StoredResult
 
 __all__ = ["Store", "describe_store", "JobView", "NewTask", "JobState", "TaskState", "ENDED", "JOB_ENDED",
-           "TaskView", "Claim", "Finished"]
+           "TaskView", "Claim", "Finished", "StoredResult"]

@@ -16,12 +16,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from ..errors import ImageTooLarge, NotFound, StorageFull
 from ..limits import format_bytes
 
-__all__ = ["BlobFolder", "Staged", "new_key", "valid_key", "limit_size"]
+__all__ = ["BlobFolder", "Staged", "new_key", "valid_key", "limit_size", "open_blobs"]
 
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
 CHUNK = 1024 * 1024
@@ -35,6 +35,15 @@ def new_key() -> str:
 def valid_key(key: str) -> bool:
     """Whether key has the shape new_key gives (so it can never name a path outside the folder)."""
     return isinstance(key, str) and bool(_KEY.match(key))
+
+
+def open_blobs(location: str) -> BlobFolder | Any:
+    """The blob backend at a location: s3://bucket/prefix (S3Blobs, boto3 imported only then) or a folder."""
+    if location.startswith("s3://"):
+        from .s3blobs import S3Blobs
+
+        return S3Blobs(location)
+    return BlobFolder(Path(location))
 
 
 class Staged(NamedTuple):

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from ..config import Settings
 from ..imaging.process import Output, Result
-from .blobs import BlobFolder
+from .blobs import BlobFolder, open_blobs
 from .blobstore import BlobStore
 from .database import Database
 from .jobs import ORPHAN_GRACE, Jobs, JobView, NewTask, TaskState, TaskView
@@ -29,7 +29,7 @@ from .postgres import PostgresDatabase, redact
 from .s3blobs import S3Blobs
 from .taskqueue import Claim, TaskQueue
 
-__all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE", "describe_store"]
+__all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE", "describe_store", "blob_location"]
 
 
 class Store:
@@ -52,8 +52,7 @@ class Store:
         # relative one against the package folder, not the working directory.
         settings = dataclasses.replace(settings, data_dir=settings.data_dir.resolve())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        blobs = S3Blobs(settings.blob_url) if settings.blob_url else BlobFolder(settings.blob_dir)
-        return cls(settings, blobs, _database(settings, open=True))
+        return cls(settings, open_blobs(blob_location(settings)), _database(settings, open=True))
 
     def close(self) -> None:
         """Close every connection this store opened (in any thread)."""
@@ -225,6 +224,11 @@ def _database(settings: Settings, *, open: bool) -> Database | PostgresDatabase:
     if settings.database_url:
         return PostgresDatabase.open(settings.database_url) if open else PostgresDatabase(settings.database_url)
     return Database.open(settings.db_path) if open else Database(settings.db_path)
+
+
+def blob_location(settings: Settings) -> str:
+    """Where the blobs are, as open_blobs takes it: the S3 URL, or the data dir's blob folder."""
+    return settings.blob_url or str(settings.blob_dir)
 
 
 def describe_store(settings: Settings) -> str:

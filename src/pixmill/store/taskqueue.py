@@ -22,7 +22,7 @@ from .blobs import BlobFolder, Staged
 from .database import Database
 from .jobs import TaskState, output_from_json
 
-__all__ = ["Claim", "Finished", "TaskQueue", "crash_message"]
+__all__ = ["Claim", "Finished", "StoredResult", "TaskQueue", "crash_message"]
 
 
 def crash_message(crashes: int) -> str:
@@ -46,11 +46,23 @@ class Claim:
     claims: int = 0          # this claim's number: only its result may be stored (see complete_many)
 
 
+@dataclass(frozen=True)
+class StoredResult:
+    """A result a worker has already staged in the blob backend (worker/stored.py): where, and what it is."""
+
+    staged: Staged
+    format: str
+    width: int
+    height: int
+    notes: tuple[str, ...] = ()
+
+
 class Finished(NamedTuple):
-    """A held task's result to store: its id, the result, when it started and the claim it ran under."""
+    """A held task's result to store: its id, the result (its bytes, or already staged by the worker),
+    when it started and the claim it ran under."""
 
     task_id: int
-    result: Result
+    result: Result | StoredResult
     started_at: float | None = None
     claim: int | None = None   # Claim.claims; None: any claim by this dispatcher
 
@@ -116,8 +128,8 @@ class TaskQueue:
             return {r[0] for r in db.execute("SELECT id FROM tasks WHERE lease_owner = ? AND state = 'running'",
                                              (dispatcher_id,))}
 
-    def complete(self, dispatcher_id: str, task_id: int, result: Result, *, started_at: float | None = None,
-                 claim: int | None = None) -> bool:
+    def complete(self, dispatcher_id: str, task_id: int, result: Result | StoredResult, *,
+                 started_at: float | None = None, claim: int | None = None) -> bool:
         """Store a held task's result blob and mark it done, in one transaction; False (and nothing stored)
         if the task is no longer ours (cancelled, deleted, requeued, claimed again) or the result could
         not be stored (the disk is full: the task fails instead)."""
@@ -125,13 +137,17 @@ class TaskQueue:
 
     def complete_many(self, dispatcher_id: str, done: Iterable[tuple]) -> list[bool]:
         """complete() for several held tasks (Finished, or tuples of its fields) in one transaction; a
-        result that cannot be stored (the disk is full) fails its task instead. True for each task marked done."""
+        result that cannot be stored (the disk is full) fails its task instead. A result the worker staged
+        (StoredResult) is published, or discarded if it is not recorded. True for each task marked done."""
         done = [Finished(*item) for item in done]
         written: list[tuple[Finished, Staged]] = []
         refused: list[tuple[int, str, float | None]] = []
         recorded: set[int] = set()
         try:
             for item in done:
+                if isinstance(item.result, StoredResult):
+                    written.append((item, item.result.staged))
+                    continue
                 try:
                     written.append((item, self.blobs.stage(item.result.data, max_bytes=None)))
                 except PixmillError as exc:

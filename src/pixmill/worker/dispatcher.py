@@ -37,9 +37,11 @@ from ..errors import PixmillError, TaskTimeout
 from ..imaging.pipeline import parse_pipeline
 from ..imaging.process import Result, process
 from ..logs import setup_logging
-from ..store import Claim, Store
+from ..store import Claim, Store, StoredResult
 from ..store.dbwatch import Doorbell
+from ..store.facade import blob_location
 from .recorder import Recorder
+from .stored import run_stored
 
 __all__ = ["Dispatcher", "STOPPED", "RESTART", "EXIT_RESTART", "process_is_dead", "run_dispatcher", "load_task"]
 
@@ -96,6 +98,7 @@ class Dispatcher:
         self._broken = False
         self._beating_since: float | None = None   # monotonic time of the first heartbeat of this run
         self.watch = store.database.watch()
+        self.blobs = blob_location(store.settings)   # where the workers read inputs and write results
         self.bell = Doorbell()   # rung when a flight finishes, so the loop sleeps on commits and flights at once
 
     def run(self, stop: threading.Event) -> str:
@@ -141,6 +144,8 @@ class Dispatcher:
             if clean:
                 self.store.stop_dispatcher(self.id)
             else:  # left as running: whoever starts next requeues its tasks at once, counting the attempt
+                for flight in self.flights.values():   # results staged by now will never be recorded
+                    flight.future.add_done_callback(self._discard)
                 self._end_pool(kill=True)
 
     def _fill(self) -> int:
@@ -160,13 +165,13 @@ class Dispatcher:
             self.store.release(self.id, [claim.id])
             return
         try:
-            data = self.store.read_blob(claim.input_blob)
             pipeline = parse_pipeline(claim.pipeline)
         except PixmillError as exc:
             self.store.fail(self.id, claim.id, exc.message)
             return
-        try:
-            future = self.pool.submit(self.task, data, pipeline, claim.output, max_pixels=self.settings.max_pixels)
+        try:  # the worker reads the input and writes the result itself: only keys pass through here
+            future = self.pool.submit(run_stored, self.blobs, claim.input_blob, pipeline, claim.output,
+                                      max_pixels=self.settings.max_pixels, task=self.task)
         except BrokenExecutor:  # the pool died before we noticed: this task never ran
             self.store.release(self.id, [claim.id])
             self._broken = True
@@ -273,6 +278,7 @@ class Dispatcher:
             for task_id in [i for i in self.flights if i not in held]:
                 future = self.flights.pop(task_id).future  # its job was cancelled or deleted
                 if not future.cancel():
+                    future.add_done_callback(self._discard)
                     self._dropped.append(future)
         if self._is_due("expired", now, self.settings.lease_seconds / 2):
             self.store.requeue_expired()
@@ -285,6 +291,15 @@ class Dispatcher:
                 log.warning("dispatcher %s: %d tasks of silent dispatchers requeued", self.id, requeued)
         if self._is_due("purge", now, PURGE_EVERY):
             self.store.purge_expired()
+
+    def _discard(self, future: Future) -> None:
+        """Delete the staged result of a task that is no longer ours (it will never be recorded)."""
+        try:
+            result = future.result()
+            if isinstance(result, StoredResult):
+                self.store.blobs.discard(result.staged)
+        except Exception:  # it failed, or the pool broke: nothing was staged, or purge finds it later
+            pass
 
     def _beat_every(self) -> float:
         return min(2.0, self.settings.lease_seconds / 3, self.settings.heartbeat_timeout / 4)

@@ -1,6 +1,6 @@
 """The recorder: a dispatcher's thread that stores finished results, several per transaction.
 
-Storing a result means writing its blob, fsyncing it and committing the task's new state, time
+Storing a result means publishing its blob (the worker wrote it) and committing the task's new state, time
 during which the dispatcher's loop could not hand the pool new work.  So
 the loop gives each result to the recorder and goes on; the recorder takes every result waiting
 at that moment and stores them together (`Store.complete_many`).  A task stays leased to the
@@ -14,7 +14,7 @@ import queue
 import threading
 
 from ..imaging.process import Result
-from ..store import Finished, Store
+from ..store import Finished, Store, StoredResult
 
 __all__ = ["Recorder"]
 
@@ -36,7 +36,8 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="pixmill-recorder", daemon=True)
         self._thread.start()
 
-    def put(self, task_id: int, result: Result, started_at: float | None, claim: int | None = None) -> None:
+    def put(self, task_id: int, result: Result | StoredResult, started_at: float | None,
+            claim: int | None = None) -> None:
         """Store this result of a held task (run under the claim numbered `claim`) soon."""
         with self._lock:
             self._waiting += 1
@@ -76,7 +77,17 @@ class Recorder:
             except Exception as exc:  # the store is unusable: the dispatcher must end so its tasks run again
                 log.exception("could not record %d results", len(done))
                 self.error = exc
+                self._discard(done)
             finally:
                 with self._idle:
                     self._waiting -= len(done)
                     self._idle.notify_all()
+
+    def _discard(self, done: list[Finished]) -> None:
+        # The workers' staged results will never be recorded: delete them now rather than at the purge.
+        for item in done:
+            if isinstance(item.result, StoredResult):
+                try:
+                    self.store.blobs.discard(item.result.staged)
+                except Exception:  # the blob backend is failing too: purge finds them later
+                    log.warning("could not delete the unrecorded result %s", item.result.staged.key)

@@ -1,0 +1,37 @@
+"""The work as a pool worker runs it: read the input blob, process it, write the result blob.
+
+The dispatcher hands a worker a task's input key and the blob location, never the bytes, and gets
+back the staged result's key and a few numbers: the images go between the workers and the blob
+backend (the folder, or S3 from any host), and the dispatcher moves only ids and metadata. The
+result is published only when the dispatcher records it under the claim it ran under; if it is not
+recorded, the dispatcher discards it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import PixmillError
+from ..imaging.pipeline import Pipeline
+from ..imaging.process import Output, Result, process
+from ..store.blobs import open_blobs
+from ..store.taskqueue import StoredResult
+
+__all__ = ["StoredResult", "run_stored"]
+
+_backends: dict[str, Any] = {}    # one blob backend per location in each worker process (boto3 clients are costly)
+
+
+def run_stored(location: str, input_key: str, pipeline: Pipeline, output: Output, *, max_pixels: int,
+               task: Callable[..., Result] = process) -> StoredResult:
+    """Run task on the input blob and stage its result in the same backend."""
+    blobs = _backends.get(location)
+    if blobs is None:
+        blobs = _backends[location] = open_blobs(location)
+    result = task(blobs.read(input_key), pipeline, output, max_pixels=max_pixels)
+    try:
+        staged = blobs.stage(result.data, max_bytes=None)
+    except PixmillError as exc:
+        raise PixmillError(f"could not store the result: {exc.message}") from None
+    return StoredResult(staged, result.format, result.width, result.height, tuple(result.notes))
