@@ -367,3 +367,24 @@ def test_job_ids_never_start_with_a_dash_so_a_shell_reads_them_as_arguments(monk
     ids = iter(["-AEnP0ZsaFTR0GH2_z5qAozX", "-x", "AEnP0ZsaFTR0GH2_z5qAozX"])
     monkeypatch.setattr(jobs.secrets, "token_urlsafe", lambda n: next(ids))
     assert jobs.new_job_id() == "AEnP0ZsaFTR0GH2_z5qAozX"
+
+
+@postgres_only
+def test_after_a_postgres_restart_the_next_call_of_each_kind_reconnects_and_succeeds(store: Store, postgres):
+    job = make_job(store, 2)
+    watch = store.database.watch()
+    try:
+        postgres.restart("immediate")
+        assert store.unfinished(job.id) == 2                          # a statement outside a transaction
+        postgres.restart("immediate")
+        assert store.get_job(job.id).counts()["queued"] == 2          # a read transaction
+        postgres.restart("immediate")
+        assert len(store.claim("d1", 2, busy=False)) == 2             # a write transaction
+        assert watch.wait(5.0)             # the lost LISTEN ends a wait at once: commits may have been missed
+        watch.wait(0.5)                    # listening again, and now woken by a commit
+        timer = threading.Timer(0.3, lambda: store.cancel_job(job.id))
+        timer.start()
+        assert watch.wait(10.0)
+        timer.join(10)
+    finally:
+        watch.close()

@@ -14,8 +14,8 @@ import functools
 import select
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
@@ -82,14 +82,24 @@ def _rows(cursor: psycopg.Cursor) -> Any:
 
 
 class Connection:
-    """A psycopg connection that runs the collaborators' SQLite-dialect queries."""
+    """A psycopg connection that runs the collaborators' SQLite-dialect queries.
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    Outside a transaction (`reconnect` given) a statement that finds the connection broken, because the
+    server restarted since its last use, runs once more on a fresh one: nothing of it had happened."""
+
+    def __init__(self, conn: psycopg.Connection, reconnect: Callable[[], psycopg.Connection] | None = None) -> None:
         self.conn = conn
+        self.reconnect = reconnect
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
         """Run one statement; the cursor reads its rows and rowcount."""
-        return self.conn.execute(_psycopg_sql(sql), _text(params))
+        try:
+            return self.conn.execute(_psycopg_sql(sql), _text(params))
+        except psycopg.OperationalError:
+            if self.reconnect is None or not self.conn.broken:
+                raise
+            self.conn = self.reconnect()
+            return self.conn.execute(_psycopg_sql(sql), _text(params))
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> psycopg.Cursor:
         """Run one statement for each set of parameters."""
@@ -122,7 +132,7 @@ class PostgresDatabase:
 
     def connection(self) -> Connection:
         """This thread's connection, opened on first use and again after it broke."""
-        return Connection(self._connect())
+        return Connection(self._connect(), reconnect=self._connect)
 
     def _connect(self) -> psycopg.Connection:
         conn = getattr(self._local, "conn", None)
@@ -139,19 +149,30 @@ class PostgresDatabase:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction on this thread's connection: committed and notified, or rolled back."""
-        conn = self._connect()
-        with conn.transaction():
-            db = Connection(conn)
+        with ExitStack() as stack:
+            db = Connection(self._begin(stack))
             yield db
             db.execute(f"NOTIFY {CHANNEL}")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction: one snapshot for several SELECTs."""
-        conn = self._connect()
-        with conn.transaction():
+        with ExitStack() as stack:
+            conn = self._begin(stack)
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield Connection(conn)
+
+    def _begin(self, stack: ExitStack) -> psycopg.Connection:
+        """BEGIN on this thread's connection, on a fresh one if it broke since its last use."""
+        conn = self._connect()
+        try:
+            stack.enter_context(conn.transaction())
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+            conn = self._connect()
+            stack.enter_context(conn.transaction())
+        return conn
 
     def watch(self) -> PgWatch:
         """A watcher of this database's commits."""
