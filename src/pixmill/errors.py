@@ -13,6 +13,7 @@
     ├── TaskTimeout (422)           a task ran past its time limit
     ├── WorkerCrashed (422)         the worker process died on this image, again and again
     ├── ServerBusy (503)            every event-stream slot is taken
+    ├── StoreUnavailable (503)      the database or the image storage does not answer, for now
     └── StorageFull (507)           the data dir's quota is used up
 
 Every message is meant for the user: it says what was wrong and what is allowed.
@@ -35,6 +36,7 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "ServerBusy",
+    "StoreUnavailable",
     "StorageFull",
 ]
 
@@ -117,6 +119,13 @@ class ServerBusy(PixmillError):
 
     status = 503
     code = "busy"
+
+
+class StoreUnavailable(PixmillError):
+    """The job database or the image storage does not answer (restarting, unreachable): try again."""
+
+    status = 503
+    code = "store_unavailable"
 
 
 class StorageFull(PixmillError):

@@ -17,6 +17,7 @@ from pixmill.imaging.process import Output, process
 from support.cluster import Cluster, dispatcher_ids, kill_family, running_cluster
 from support.postgres import PostgresServer
 from support.servers import REAL, wait_for
+from support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -123,3 +124,26 @@ def test_a_postgres_restart_mid_job_is_ridden_out(cluster: Cluster, postgres: Po
     for task, name in zip(done["tasks"], NAMES * 2):
         assert a.get(f"/api/v1/jobs/{job['id']}/tasks/{task['n']}/result").content == expected(name, SLOW)
     wait_for(lambda: len(cluster.live_nodes(0)) == 2, 60, "both nodes to beat again")
+
+
+def test_an_s3_endpoint_restart_mid_job_is_ridden_out(tmp_path, env, s3):
+    proxy = TcpProxy(s3.port)           # the nodes and replicas reach S3 only through it
+    try:
+        with running_cluster(tmp_path, {**env, "AWS_ENDPOINT_URL": proxy.url}) as cluster:
+            a, b = cluster.replicas
+            job = submit(a, NAMES * 2, SLOW)
+            wait_for(lambda: any(r[1] == "done" for r in task_rows(env["PIXMILL_DATABASE_URL"], job["id"])), 120,
+                     "a first task to be done")
+            proxy.down()
+            refused = a.post("/api/v1/jobs", files=[("files", ("x.png", (REAL / NAMES[1]).read_bytes()))],
+                             data={"pipeline": PIPELINE})
+            assert refused.status_code == 503 and refused.json()["error"] == "store_unavailable", refused.text
+            assert refused.headers["Retry-After"]
+            time.sleep(3)
+            proxy.up()
+            done = wait_done(b, job["id"])
+            assert done["counts"]["done"] == len(NAMES) * 2, done
+            for task, name in zip(done["tasks"], NAMES * 2):
+                assert b.get(f"/api/v1/jobs/{job['id']}/tasks/{task['n']}/result").content == expected(name, SLOW)
+    finally:
+        proxy.close()

@@ -11,18 +11,39 @@ multipart uploads, and a stream refused midway (over a limit, the quota) aborts 
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from ..errors import NotFound, PixmillError
+from ..errors import NotFound, PixmillError, StoreUnavailable
 from .blobs import Staged, limit_size, new_key, valid_key
 
 __all__ = ["S3Blobs", "PART_BYTES"]
 
 PART_BYTES = 8 * 1024 * 1024     # multipart part size (S3's least is 5 MiB but for the last part)
+
+
+def _unavailable(method: Callable) -> Callable:
+    """Turn botocore's errors (no endpoint, a timeout, a 5xx once retries ran out, access denied) into
+    StoreUnavailable, which the dispatcher treats as "try the task again later" and the web as 503."""
+    @functools.wraps(method)
+    def call(self: S3Blobs, *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return method(self, *args, **kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise NotFound(f"no such blob in s3://{self.bucket}") from None
+            raise StoreUnavailable(f"the image storage s3://{self.bucket} refused the request: "
+                                   f"{exc.response.get('Error', {}).get('Code', 'error')}") from None
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"the image storage s3://{self.bucket} does not answer: "
+                                   f"{type(exc).__name__}") from None
+    return call
 
 
 def _client() -> Any:
@@ -53,6 +74,7 @@ class S3Blobs:
             raise NotFound(f"no such blob: {key!r}")
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @_unavailable
     def stage(self, source: bytes | BinaryIO, *, max_bytes: int | None,
               check: Callable[[int], None] = lambda size: None) -> Staged:
         """Upload source under a fresh key; check(size_so_far) may raise to stop (and abort the upload)."""
@@ -74,6 +96,7 @@ class S3Blobs:
         """Delete what stage wrote (its transaction rolled back, or its result was not recorded)."""
         self.delete([staged.key])
 
+    @_unavailable
     def read(self, key: str) -> bytes:
         """The blob's bytes (NotFound if it is gone)."""
         try:
@@ -85,6 +108,7 @@ class S3Blobs:
         """The blob as a seekable file, for sending (ranges and all) or archiving."""
         return io.BytesIO(self.read(key))
 
+    @_unavailable
     def delete(self, keys: Iterable[str]) -> None:
         """Delete the objects of these keys, ignoring those already gone."""
         names = [self.name(k) for k in keys if valid_key(k)]
@@ -92,6 +116,7 @@ class S3Blobs:
             self.client.delete_objects(Bucket=self.bucket,
                        Delete={"Objects": [{"Key": n} for n in names[i:i + 1000]], "Quiet": True})
 
+    @_unavailable
     def sweep_temp(self, older_than: float) -> int:
         """Abort multipart uploads left by crashed writers that began more than older_than seconds ago."""
         aborted, limit = 0, time.time() - older_than
@@ -105,6 +130,7 @@ class S3Blobs:
                     aborted += 1
         return aborted
 
+    @_unavailable
     def keys_older_than(self, seconds: float) -> list[str]:
         """Keys of the objects written more than the given number of seconds ago."""
         limit, keys = time.time() - seconds, []

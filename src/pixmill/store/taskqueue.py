@@ -9,6 +9,7 @@ task that really kills workers is found and fails after `max_attempts`, while th
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,8 @@ from .database import Database
 from .jobs import TaskState, output_from_json
 
 __all__ = ["Claim", "Finished", "StoredResult", "TaskQueue", "crash_message"]
+
+log = logging.getLogger("pixmill.store")
 
 
 def crash_message(crashes: int) -> str:
@@ -176,7 +179,10 @@ class TaskQueue:
         finally:
             for item, staged in written:
                 if item.task_id not in recorded:
-                    self.blobs.discard(staged)
+                    try:
+                        self.blobs.discard(staged)
+                    except Exception as exc:  # storage away: the purge deletes it as an orphan later
+                        log.warning("could not delete the unrecorded result %s: %s", staged.key, exc)
         return [item.task_id in recorded for item in done]
 
     def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:

@@ -8,7 +8,7 @@ from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
 from flask import Response, current_app, jsonify
 
-from ..errors import PixmillError, Unauthorized
+from ..errors import PixmillError, StoreUnavailable, Unauthorized
 from ..limits import format_bytes
 
 __all__ = ["init_app"]
@@ -69,6 +69,11 @@ def _describe_detail(detail: dict) -> str:
 
 
 def _unexpected(exc: Exception) -> Response:
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError):   # PostgreSQL restarting or unreachable: try again soon
+        log.warning("the database does not answer: %s", exc)
+        return _pixmill_error(StoreUnavailable("the job database does not answer; try again shortly"))
     log.exception("unexpected error while serving a request")
     response = jsonify({"error": "internal_error",
                         "message": "an unexpected error happened on the server; it has been logged"})

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import psutil
 
 from ..config import Settings, load_settings
-from ..errors import PixmillError, TaskTimeout
+from ..errors import PixmillError, StoreUnavailable, TaskTimeout
 from ..imaging.pipeline import parse_pipeline
 from ..imaging.process import Result, process
 from ..logs import setup_logging
@@ -194,6 +194,9 @@ class Dispatcher:
                 broken.append(task_id)
                 continue
             except CancelledError:  # never ran
+                self.store.release(self.id, [task_id])
+            except StoreUnavailable as exc:  # the blob backend is away for now: the task runs again, uncounted
+                log.warning("task %d: %s; back to the queue", task_id, exc.message)
                 self.store.release(self.id, [task_id])
             except PixmillError as exc:
                 self.store.fail(self.id, task_id, exc.message, started_at=flight.started_at)

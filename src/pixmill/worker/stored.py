@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import PixmillError
+from ..errors import PixmillError, StoreUnavailable
 from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output, Result, process
 from ..store.blobs import open_blobs
@@ -32,6 +32,8 @@ def run_stored(location: str, input_key: str, pipeline: Pipeline, output: Output
     result = task(blobs.read(input_key), pipeline, output, max_pixels=max_pixels)
     try:
         staged = blobs.stage(result.data, max_bytes=None)
-    except PixmillError as exc:
+    except StoreUnavailable:
+        raise                                    # for now only: the dispatcher puts the task back
+    except PixmillError as exc:                  # the disk is full: the task fails, saying so
         raise PixmillError(f"could not store the result: {exc.message}") from None
     return StoredResult(staged, result.format, result.width, result.height, tuple(result.notes))
