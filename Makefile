@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install serve demo test test-fast lint browser-deps postgres-deps color-deps bench clean
+.PHONY: install serve demo cluster-demo test test-fast lint browser-deps postgres-deps color-deps bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ serve: install
 
 demo: install
 	$(VENV)/bin/pixmill run src/pixmill/samples --pipeline "grayscale | blur(ksize=7)" --out demo-out
+
+# PostgreSQL, an S3 endpoint, two web replicas and two dispatcher nodes, all on this machine.
+cluster-demo: install postgres-deps
+	$(PY) scripts/cluster_demo.py
 
 browser-deps:
 	@command -v chromium >/dev/null || { \
@@ -54,4 +58,4 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) demo-out pixmill-data
+	rm -rf $(VENV) demo-out cluster-demo-out pixmill-data

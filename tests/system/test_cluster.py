@@ -4,9 +4,13 @@ bucket, each process with a data dir of its own; a node or a replica killed with
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -147,3 +151,20 @@ def test_an_s3_endpoint_restart_mid_job_is_ridden_out(tmp_path, env, s3):
                 assert b.get(f"/api/v1/jobs/{job['id']}/tasks/{task['n']}/result").content == expected(name, SLOW)
     finally:
         proxy.close()
+
+
+@pytest.mark.mpi
+def test_make_cluster_demo_runs_a_job_through_two_replicas_and_two_mpi_nodes(tmp_path):
+    script = Path(__file__).parents[2] / "scripts" / "cluster_demo.py"
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), "--once", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)          # the demo then stops everything it started
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    assert "mpi workers" in stdout and "done: {'queued': 0, 'running': 0, 'done': 4" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["000-pil_flower.jpeg", "001-pil_hopper_orientation_6.jpeg",
+                                                    "002-sk_coins.png", "003-sk_rocket.jpeg"]
