@@ -1,7 +1,8 @@
 """Every benchmark of issue 5 in one run: prints the figures and their targets, writes results JSON and a plot.
 
 W1: 40 photo-like 1920×1080 JPEGs, blur; W2: the dev corpus, mixed operations; W3: one 512×512
-image (latency); W4: one 8000×8000 image, bilateral (run once).  Ratios are measured in this one
+image (latency); W4: one 8000×8000 image, bilateral (run once); cluster: tiny images on both store
+backends and on 1 and 2 dispatcher nodes (bench_cluster.py).  Ratios are measured in this one
 run, baseline and variants interleaved, best of the rounds.
 Usage: python benchmarks/run_all.py [--out benchmarks/results] [--rounds 5] [--skip thumbor,w4,...]
 """
@@ -18,13 +19,14 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bench_cluster  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_run  # noqa: E402
 import bench_service  # noqa: E402
 import bench_thumbor  # noqa: E402
 from common import machine, running_server, write_photos  # noqa: E402
 
-PARTS = ("w1", "overhead", "w2", "latency", "perjob", "thumbor", "idle", "memory", "upload", "w4")
+PARTS = ("w1", "overhead", "w2", "latency", "perjob", "thumbor", "idle", "memory", "upload", "w4", "cluster")
 
 
 def targets(r: dict, cores: int) -> list[tuple[str, str, bool | None]]:
@@ -174,6 +176,17 @@ def lines(r: dict) -> list[str]:
         w = r["w4"]
         out.append(f"W4 {w['side']}x{w['side']} bilateral: worker peak RSS {w['worker_peak_mb']:.0f} MB, decoded "
                    f"image {w['decoded_mb']:.0f} MB ({w['ratio']:.2f}x); whole run {w['seconds']:.1f} s")
+    if "cluster" in r:
+        c = r["cluster"]
+        for key, title in (("sqlite", "SQLite + folder"), ("postgres", "PostgreSQL + S3"),
+                           ("nodes1", "PostgreSQL + S3, 1 replica + 1 node"),
+                           ("nodes2", "PostgreSQL + S3, 1 replica + 2 nodes")):
+            f = c[key]
+            cpu = ", ".join(f"{k} {v:.2f}" for k, v in f["cpu_ms_per_task"].items() if v)
+            out.append(f"tiny images (1,000 64x64 PNGs, flip), {title}: {f['tasks_per_s']:.0f} tasks/s = "
+                       f"{f['ratio']:.3f} of process() alone x {c['cores']} cores ({c['ceiling_per_s']:.0f}/s); "
+                       f"CPU ms per task: {cpu}")
+        out.append(f"tiny images, 2 dispatcher nodes vs 1 on this machine: {c['nodes_2_vs_1']:.2f}x")
     if "idle" in r:
         i = r["idle"]
         out.append(f"idle service ({i['processes']} processes): {i['cpu_seconds']:.3f} CPU s in {i['seconds']:.1f} s "
@@ -226,6 +239,7 @@ def main() -> None:
                 part("memory", lambda: bench_memory.rss_over_jobs(server))
                 part("upload", lambda: bench_memory.upload_rise(server))
         part("w4", lambda: bench_memory.w4_worker_peak(tmp))
+        part("cluster", lambda: bench_cluster.run(1000, cores))
     r["seconds"] = time.perf_counter() - started
     r["machine"]["load_avg_at_end"] = os.getloadavg()  # the machine may be shared: other work shows here
     r["targets"] = [{"figure": f, "value": v, "met": m} for f, v, m in targets(r, cores)]
