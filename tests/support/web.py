@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from pixmill.config import Settings
 from pixmill.store import Store
+from pixmill.store.blobs import open_blobs
 from pixmill.worker.dispatcher import Dispatcher
 from pixmill.worker.engine import make_executor
 
@@ -77,8 +78,14 @@ EMPTY_FILE = (f'--{RAW_BOUNDARY}\r\nContent-Disposition: form-data; name="files"
               f'--{RAW_BOUNDARY}--\r\n').encode()
 
 
-def stored_blobs(settings: Settings) -> list[Path]:
-    return [p for p in settings.blob_dir.rglob("*") if p.is_file()]
+def stored_blobs(settings: Settings) -> list[str]:
+    """Every blob of the store, whole or half-written: files of the folder (tmp/ included) or the bucket's objects
+    and open multipart uploads."""
+    if settings.blob_url:
+        blobs = open_blobs(settings.blob_url)
+        uploads = blobs.client.list_multipart_uploads(Bucket=blobs.bucket).get("Uploads", [])
+        return sorted(blobs.keys_older_than(-86400.0)) + [u["Key"] for u in uploads]
+    return sorted(str(p) for p in settings.blob_dir.rglob("*") if p.is_file())
 
 
 def assert_error(response, status: int, code: str, *words: str) -> None:

@@ -33,8 +33,9 @@ WAIT = 120.0
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", engine="mpi", workers=3, lease_seconds=600.0)
+def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url, engine="mpi",
+                    workers=3, lease_seconds=600.0)
 
 
 def environment(settings: Settings) -> dict[str, str]:
@@ -43,7 +44,8 @@ def environment(settings: Settings) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
             "PIXMILL_DATA_DIR": str(settings.data_dir), "PIXMILL_ENGINE": settings.engine,
             "PIXMILL_WORKERS": str(settings.workers), "PIXMILL_LEASE_SECONDS": str(settings.lease_seconds),
-            "PIXMILL_TASK_TIMEOUT": str(settings.task_timeout)}
+            "PIXMILL_TASK_TIMEOUT": str(settings.task_timeout), "PIXMILL_DATABASE_URL": settings.database_url,
+            "PIXMILL_BLOB_URL": settings.blob_url}
 
 
 @contextlib.contextmanager
@@ -148,6 +150,7 @@ def test_killing_one_mpi_worker_mid_job_loses_and_duplicates_nothing(store: Stor
     assert_results_match(store, store.get_job(job.id), images)
 
 
+@pytest.mark.both_backends
 def test_killing_the_dispatcher_mid_job_then_starting_again_completes_it(store: Store, settings: Settings):
     images = [make_png(i) for i in range(60)]
     job = submit_job(store, images)
@@ -198,6 +201,7 @@ def test_an_idle_dispatcher_and_pool_neither_spin_nor_poll_faster_than_their_bac
     assert sum(u.cpu for u in uses) < 0.15
 
 
+@pytest.mark.both_backends    # on PostgreSQL + S3, the ranks read and write the bucket themselves
 def test_a_static_pool_under_mpiexec_processes_jobs_and_stops_cleanly(store: Store, settings: Settings):
     images = [make_png(i) for i in range(12)]
     job = submit_job(store, images)

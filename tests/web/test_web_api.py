@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from pixmill.config import Settings
 from pixmill.errors import ImageTooLarge
 from pixmill.imaging import codec
 from pixmill.imaging.ops import operations
@@ -34,6 +33,8 @@ from support.web import (
     stored_blobs,
     wait_job,
 )
+
+pytestmark = pytest.mark.both_backends   # each test on SQLite and on PostgreSQL + S3
 
 # ---- the catalogue, the documents, the page
 
@@ -295,44 +296,49 @@ def big_png(pixels_side: int) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
-REFUSALS = {
-    "unsupported": ({"files": [(io.BytesIO(b"hello, this is text"), "notes.png")], "operations": "grayscale"},
-                    415, "unsupported_format", ["notes.png"]),
-    "empty": (EMPTY_FILE, 400, "invalid_request", ["empty.png", "empty"]),
-    "too many files": ({"files": files(*["pil_hopper.bmp"] * 5), "pipeline": "grayscale"},
-                       413, "too_large", ["limit is 4"]),
-    "file too big": ({"files": [(io.BytesIO(big_png(700)), "big.png")], "operations": "grayscale"},
-                     413, "too_large", ["big.png", "1 MiB per-file limit"]),
-    "request too big": ({"files": [(io.BytesIO(big_png(570)), f"p{i}.png") for i in range(4)],
-                         "pipeline": "grayscale"}, 413, "too_large", ["3 MiB per-request limit"]),
-    "corrupt header": ({"files": files("broken.png", folder=HOSTILE), "operations": "grayscale"},
-                       422, "corrupt_image", ["broken.png"]),
-    "bad parameter": ({"files": files("sk_camera.png"), "operations": "grayscale | blur(ksize=4)"},
-                      400, "invalid_pipeline", ["sk_camera.png", "step 2 blur", "ksize", "odd"]),
-    "unknown operation": ({"files": files("sk_camera.png"), "operations": "greyscale"},
-                          400, "invalid_pipeline", ["sk_camera.png", "step 1", "did you mean grayscale"]),
-    "count mismatch": ({"files": files("sk_camera.png", "pil_hopper.bmp"), "operations": "grayscale"},
-                       400, "invalid_request", ["2 files but 1 operation"]),
-    "no files": ({"operations": "grayscale"}, 400, "invalid_request", ["no images"]),
-    "no operation": ({"files": files("sk_camera.png")}, 400, "invalid_request", ["no operation"]),
-    "both": ({"files": files("sk_camera.png"), "operations": "grayscale", "pipeline": "blur"},
-             400, "invalid_request", ["not both"]),
-    "bad format": ({"files": files("sk_camera.png"), "pipeline": "blur", "format": "gif"},
-                   400, "invalid_request", ["format must be one of"]),
-    "bad quality": ({"files": files("sk_camera.png"), "pipeline": "blur", "quality": "101"},
-                    400, "invalid_request", ["quality", "1..100"]),
-    "bad color": ({"files": files("sk_camera.png"), "pipeline": "blur", "color": "cmyk"},
-                  400, "invalid_request", ["color must be one of srgb, keep"]),
-    "bad negotiate": ({"files": files("sk_camera.png"), "pipeline": "blur", "negotiate": "please"},
-                      400, "invalid_request", ["negotiate must be true or false"]),
-    "unknown field": ({"files": files("sk_camera.png"), "pipeline": "blur", "colour": "red"},
-                      400, "invalid_request", ["'colour'"]),
-}
+def refusals() -> dict:
+    """Each refusal's form, status, code and words; built anew for each test, as its files are read once."""
+    return {
+        "unsupported": ({"files": [(io.BytesIO(b"hello, this is text"), "notes.png")], "operations": "grayscale"},
+                        415, "unsupported_format", ["notes.png"]),
+        "empty": (EMPTY_FILE, 400, "invalid_request", ["empty.png", "empty"]),
+        "too many files": ({"files": files(*["pil_hopper.bmp"] * 5), "pipeline": "grayscale"},
+                           413, "too_large", ["limit is 4"]),
+        "file too big": ({"files": [(io.BytesIO(big_png(700)), "big.png")], "operations": "grayscale"},
+                         413, "too_large", ["big.png", "1 MiB per-file limit"]),
+        "request too big": ({"files": [(io.BytesIO(big_png(570)), f"p{i}.png") for i in range(4)],
+                             "pipeline": "grayscale"}, 413, "too_large", ["3 MiB per-request limit"]),
+        "corrupt header": ({"files": files("broken.png", folder=HOSTILE), "operations": "grayscale"},
+                           422, "corrupt_image", ["broken.png"]),
+        "bad parameter": ({"files": files("sk_camera.png"), "operations": "grayscale | blur(ksize=4)"},
+                          400, "invalid_pipeline", ["sk_camera.png", "step 2 blur", "ksize", "odd"]),
+        "unknown operation": ({"files": files("sk_camera.png"), "operations": "greyscale"},
+                              400, "invalid_pipeline", ["sk_camera.png", "step 1", "did you mean grayscale"]),
+        "count mismatch": ({"files": files("sk_camera.png", "pil_hopper.bmp"), "operations": "grayscale"},
+                           400, "invalid_request", ["2 files but 1 operation"]),
+        "no files": ({"operations": "grayscale"}, 400, "invalid_request", ["no images"]),
+        "no operation": ({"files": files("sk_camera.png")}, 400, "invalid_request", ["no operation"]),
+        "both": ({"files": files("sk_camera.png"), "operations": "grayscale", "pipeline": "blur"},
+                 400, "invalid_request", ["not both"]),
+        "bad format": ({"files": files("sk_camera.png"), "pipeline": "blur", "format": "gif"},
+                       400, "invalid_request", ["format must be one of"]),
+        "bad quality": ({"files": files("sk_camera.png"), "pipeline": "blur", "quality": "101"},
+                        400, "invalid_request", ["quality", "1..100"]),
+        "bad color": ({"files": files("sk_camera.png"), "pipeline": "blur", "color": "cmyk"},
+                      400, "invalid_request", ["color must be one of srgb, keep"]),
+        "bad negotiate": ({"files": files("sk_camera.png"), "pipeline": "blur", "negotiate": "please"},
+                          400, "invalid_request", ["negotiate must be true or false"]),
+        "unknown field": ({"files": files("sk_camera.png"), "pipeline": "blur", "colour": "red"},
+                          400, "invalid_request", ["'colour'"]),
+    }
 
 
-@pytest.mark.parametrize("case", list(REFUSALS), ids=list(REFUSALS))
+REFUSALS = list(refusals())
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=REFUSALS)
 def test_refused_uploads_store_nothing(client, store, settings, case):
-    data, status, code, words = REFUSALS[case]
+    data, status, code, words = refusals()[case]
     assert_error(post_job(client, data), status, code, *words)
     assert stored_blobs(settings) == [] and store.list_jobs() == []
 
@@ -377,7 +383,7 @@ def test_every_hostile_file_gets_a_4xx_or_a_failed_task_never_a_5xx(client, stor
 
 
 def test_too_many_pixels_is_refused_from_the_header(tmp_path, store):
-    settings = Settings(data_dir=store.settings.data_dir, max_pixels=100_000)
+    settings = store.settings.with_overrides(max_pixels=100_000)
     client = make_client(create_app(settings, store))
     response = post_job(client, {"files": files("sk_camera.png"), "operations": "grayscale"})
     assert_error(response, 413, "too_large", "sk_camera.png", "512×512", "MP")
@@ -435,8 +441,8 @@ def test_client_names_never_reach_paths_and_downloads_are_safe(client, store, se
     assert "evil" not in client.get("/").get_data(as_text=True)
 
 
-def test_tokens_guard_every_api_call_and_jobs_are_private(tmp_path):
-    settings = Settings(data_dir=tmp_path / "data", api_tokens=("alpha-token", "beta-token"))
+def test_tokens_guard_every_api_call_and_jobs_are_private(settings):
+    settings = settings.with_overrides(api_tokens=("alpha-token", "beta-token"))
     with Store.open(settings) as store:
         client = make_client(create_app(settings, store))
         alpha = {"Authorization": "Bearer alpha-token"}

@@ -31,7 +31,7 @@ RESULT = "/api/v1/jobs/{}/tasks/{}/result"
 JOB = "/api/v1/jobs/{}"
 ENDED_TASK = ("done", "failed", "cancelled")
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.both_backends]   # on SQLite and on PostgreSQL + S3
 
 
 @pytest.fixture
