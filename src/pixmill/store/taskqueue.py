@@ -157,7 +157,10 @@ class TaskQueue:
                     refused.append((item.task_id, f"could not store the result: {exc.message}", item.started_at))
             now = time.time()
             with self.database.write() as db:
-                for item, staged in written:
+                # Task rows first, in id order, then the blob rows (and the usage row their trigger
+                # updates): every transaction that takes both takes them so, and none waits on another
+                # in a cycle (PostgreSQL locks rows, and a cancel or a delete may hold some of these).
+                for item, staged in sorted(written, key=lambda pair: pair[0].task_id):
                     result = item.result
                     cur = db.execute(
                         "UPDATE tasks SET state = 'done', result_blob = ?, result_format = ?, width = ?, "
@@ -167,12 +170,14 @@ class TaskQueue:
                         (staged.key, result.format, result.width, result.height, json.dumps(list(result.notes)),
                          item.started_at, now, item.task_id, dispatcher_id, item.claim))
                     if cur.rowcount == 1:
-                        db.execute("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)",
-                                   (staged.key, staged.size, now))
-                        self.blobs.publish(staged)
                         recorded.add(item.task_id)
-                for task_id, error, started_at in refused:
+                for task_id, error, started_at in sorted(refused):
                     _fail(db, dispatcher_id, task_id, error, started_at)
+                mine = [staged for item, staged in written if item.task_id in recorded]
+                db.executemany("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)",
+                               [(staged.key, staged.size, now) for staged in mine])
+                for staged in mine:
+                    self.blobs.publish(staged)
         except BaseException:
             recorded.clear()  # rolled back: nothing refers to any of them
             raise
