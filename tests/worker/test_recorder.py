@@ -14,7 +14,7 @@ from pixmill.config import Settings
 from pixmill.errors import StorageFull
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, Result
-from pixmill.store import JobView, NewTask, Store, TaskState
+from pixmill.store import Finished, JobView, NewTask, Store, StoredResult, TaskState
 from pixmill.worker import recorder as recorder_module
 from pixmill.worker.dispatcher import Dispatcher
 from pixmill.worker.recorder import Recorder
@@ -90,6 +90,25 @@ class Gate:
 
 
 # ---- complete_many
+
+def test_results_a_worker_staged_are_published_for_their_claim_and_deleted_for_any_other(store: Store):
+    job = make_job(store, 2)
+    first, second = store.claim("d1", 2, busy=False)
+    store.release("d1", [first.id, second.id])                # d1's claims are over; d2 claims both again
+    again = {c.id: c for c in store.claim("d2", 2, busy=False)}
+    staged = [StoredResult(store.blobs.stage(result(n).data, max_bytes=None), "png", 4 + n, 3, (f"note {n}",))
+              for n in range(3)]
+    keys = [s.staged.key for s in staged]
+    done = [Finished(first.id, staged[0], None, first.claims),            # the old claim's: refused
+            Finished(first.id, staged[1], None, again[first.id].claims),  # the current claim's: recorded
+            Finished(second.id, staged[2], None, again[second.id].claims)]
+    assert store.complete_many("d2", done) == [False, True, True]
+    tasks = store.get_job(job.id).tasks
+    assert [t.result_blob for t in tasks] == keys[1:]
+    assert store.read_blob(tasks[0].result_blob) == result(1).data and tasks[0].notes == ("note 1",)
+    assert keys[0] not in blob_keys(store)                      # the refused one is deleted, not left
+    assert_blobs_consistent(store)
+
 
 def test_complete_many_stores_every_held_result_in_one_transaction(store: Store, monkeypatch):
     job = make_job(store, 3)

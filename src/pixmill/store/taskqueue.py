@@ -145,7 +145,7 @@ class TaskQueue:
         done = [Finished(*item) for item in done]
         written: list[tuple[Finished, Staged]] = []
         refused: list[tuple[int, str, float | None]] = []
-        recorded: set[int] = set()
+        recorded: set[str] = set()   # the keys of the results recorded (a task may come twice, one claim stale)
         try:
             for item in done:
                 if isinstance(item.result, StoredResult):
@@ -170,10 +170,10 @@ class TaskQueue:
                         (staged.key, result.format, result.width, result.height, json.dumps(list(result.notes)),
                          item.started_at, now, item.task_id, dispatcher_id, item.claim))
                     if cur.rowcount == 1:
-                        recorded.add(item.task_id)
+                        recorded.add(staged.key)
                 for task_id, error, started_at in sorted(refused):
                     _fail(db, dispatcher_id, task_id, error, started_at)
-                mine = [staged for item, staged in written if item.task_id in recorded]
+                mine = [staged for _, staged in written if staged.key in recorded]
                 db.executemany("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)",
                                [(staged.key, staged.size, now) for staged in mine])
                 for staged in mine:
@@ -182,13 +182,14 @@ class TaskQueue:
             recorded.clear()  # rolled back: nothing refers to any of them
             raise
         finally:
-            for item, staged in written:
-                if item.task_id not in recorded:
+            for _, staged in written:
+                if staged.key not in recorded:
                     try:
                         self.blobs.discard(staged)
                     except Exception as exc:  # storage away: the purge deletes it as an orphan later
                         log.warning("could not delete the unrecorded result %s: %s", staged.key, exc)
-        return [item.task_id in recorded for item in done]
+        staged_of = {id(item): staged.key for item, staged in written}
+        return [staged_of.get(id(item)) in recorded for item in done]
 
     def fail(self, dispatcher_id: str, task_id: int, error: str, *, started_at: float | None = None) -> bool:
         """Mark a held task failed with a message for the user; False if it is no longer ours."""
