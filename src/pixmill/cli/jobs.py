@@ -1,4 +1,8 @@
-"""`pixmill submit` and `pixmill status`: queue a job in the store, and show it, from a shell."""
+"""`pixmill submit` and `pixmill status`: queue a job and show it, from a shell.
+
+With `--server URL` both talk to a running service through its API (pixmill.client); without it,
+to the store of a data dir (or the database and bucket of the settings) directly.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -18,7 +24,12 @@ from ..limits import read_limited
 from ..store import JOB_ENDED, JobState, JobView, Store
 from . import options
 
+if TYPE_CHECKING:
+    from ..client import Client
+
 __all__ = ["submit", "status"]
+
+T = TypeVar("T")
 
 
 @click.command()
@@ -30,18 +41,25 @@ __all__ = ["submit", "status"]
 @options.data_dir
 @options.database_url
 @options.blob_url
+@options.server
+@options.token
 @click.option("--wait", "wait_", is_flag=True, help="Wait until every task has ended, then print the status.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="With --wait: give up after this many seconds.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With --wait: write the results into this directory.")
+              help="Wait, then write the results into this directory.")
 def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, color_mode: str, data_dir: Path | None,
-           database_url: str | None, blob_url: str | None, wait_: bool, timeout: float | None,
-           out_dir: Path | None) -> None:
+           database_url: str | None, blob_url: str | None, server: str | None, token: str | None, wait_: bool,
+           timeout: float | None, out_dir: Path | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
     from ..store import NewTask
 
+    if server is not None:
+        _submit_remote(server, token, sources, pipeline, Output(fmt, quality, color_mode), wait_ or out_dir is not None,
+                       timeout, out_dir)
+        return
+    wait_ = wait_ or out_dir is not None
     settings = load_settings(data_dir=data_dir, database_url=database_url, blob_url=blob_url)
     if len(sources) > settings.max_files:
         raise click.UsageError(f"{len(sources)} images, over the limit of {settings.max_files} per job")
@@ -78,11 +96,19 @@ def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, colo
 @options.data_dir
 @options.database_url
 @options.blob_url
+@options.server
+@options.token
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
-def status(job_id: str, data_dir: Path | None, database_url: str | None, blob_url: str | None, as_json: bool) -> None:
+def status(job_id: str, data_dir: Path | None, database_url: str | None, blob_url: str | None, server: str | None,
+           token: str | None, as_json: bool) -> None:
     """Show a job's state and each of its tasks."""
     from ..web.present import job_json  # the API's own shape; imported here as Flask is slow to load
 
+    if server is not None:
+        with _remote(server, token) as client:
+            job = _api(lambda: client.job(job_id))
+        click.echo(json.dumps(job.data, indent=2) if as_json else _status_lines(job.data))
+        return
     with Store.open(load_settings(data_dir=data_dir, database_url=database_url, blob_url=blob_url)) as store:
         try:
             job = store.get_job(job_id)
@@ -127,3 +153,63 @@ def _write_results(store: Store, job: JobView, out_dir: Path) -> None:
             target.write_bytes(store.read_blob(task.result_blob))
     click.echo(f"results written to {out_dir}", err=True)
 
+
+def _remote(server: str, token: str | None) -> Client:
+    from ..client import Client
+
+    return Client(server, token=token)
+
+
+def _api(call: Callable[[], T]) -> T:
+    """call(), with the API's errors (and an unreachable server) as the command's error."""
+    import httpx
+
+    from ..client import ApiError, Timeout
+
+    try:
+        return call()
+    except (ApiError, Timeout) as exc:
+        raise click.ClickException(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"the server does not answer: {exc}") from None
+
+
+def _submit_remote(server: str, token: str | None, sources: list[Path], pipeline: Pipeline, output: Output,
+                   wait_: bool, timeout: float | None, out_dir: Path | None) -> None:
+    from tqdm import tqdm
+
+    with _remote(server, token) as client:
+        job = _api(lambda: client.submit(sources, pipeline=pipeline.text(), format=output.format,
+                                         quality=output.quality, color=output.color))
+        click.echo(job.id)
+        click.echo(f"queued {len(sources)} images as job {job.id} on {server}", err=True)
+        if not wait_:
+            return
+        with tqdm(total=len(job.tasks), unit="image", file=sys.stderr, disable=None) as bar:
+            def follow() -> None:
+                for seen in job.progress(timeout):
+                    bar.update(seen.data["ended"] - bar.n)
+            _api(follow)
+        click.echo(_status_lines(job.data))
+        if out_dir is not None:
+            written = _api(lambda: job.download(out_dir))
+            click.echo(f"{len(written)} results written to {out_dir}", err=True)
+        failed = job.failed
+        if failed:
+            click.echo(f"{len(failed)} of {len(job.tasks)} images failed:", err=True)
+            for task in failed:
+                click.echo(f"  {task['name']}: {task['error']}", err=True)
+        if job.state != "done" or failed:
+            sys.exit(1)
+
+
+def _status_lines(job: dict) -> str:
+    """A job's JSON from the API as the lines _print_status prints for a local one."""
+    counts = ", ".join(f"{n} {state}" for state, n in job["counts"].items() if n)
+    lines = [f"job {job['id']}: {job['state']} ({counts})"]
+    for task in job["tasks"]:
+        size = f" {task['width']}x{task['height']} {task['result_format']}" if task["state"] == "done" else ""
+        tries = f" after {task['attempts']} attempts" if task["attempts"] > 1 else ""
+        error = f": {task['error']}" if task["error"] else ""
+        lines.append(f"  {task['n']:>4} {task['name']}: {task['state']}{size}{tries}{error}")
+    return "\n".join(lines)

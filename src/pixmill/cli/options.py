@@ -17,8 +17,8 @@ from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS
 from ..worker.engine import ENGINES
 
-__all__ = ["data_dir", "database_url", "blob_url", "engine", "workers", "images", "pipeline", "output_format",
-           "quality", "color"]
+__all__ = ["data_dir", "database_url", "blob_url", "server", "token", "engine", "workers", "images", "pipeline",
+           "output_format", "quality", "color"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,6 +35,15 @@ blob_url = click.option(
     "--blob-url", default=None, metavar="s3://BUCKET/PREFIX",
     help="Keep images in this S3 bucket (boto3: AWS_* variables, AWS_ENDPOINT_URL) instead of the data dir "
          "(or PIXMILL_BLOB_URL).")
+
+
+server = click.option(
+    "--server", default=None, metavar="URL",
+    help="Talk to this running service (http://host:port) through its API instead of a store.")
+
+token = click.option(
+    "--token", default=None, envvar="PIXMILL_TOKEN", show_envvar=True,
+    help="With --server: the API token, if the service needs one.")
 
 
 def _parse_pipeline(ctx: click.Context, param: click.Parameter, spec: str) -> Pipeline:
