@@ -12,6 +12,7 @@
     ├── ProcessingFailed (422)      an operation could not be applied to this image
     ├── TaskTimeout (422)           a task ran past its time limit
     ├── WorkerCrashed (422)         the worker process died on this image, again and again
+    ├── TooManyJobs (429)           the queue, or a token's unfinished jobs, over their limit
     ├── ServerBusy (503)            every event-stream slot is taken
     ├── StoreUnavailable (503)      the database or the image storage does not answer, for now
     └── StorageFull (507)           the data dir's quota is used up
@@ -35,6 +36,7 @@ __all__ = [
     "ProcessingFailed",
     "TaskTimeout",
     "WorkerCrashed",
+    "TooManyJobs",
     "ServerBusy",
     "StoreUnavailable",
     "StorageFull",
@@ -112,6 +114,13 @@ class TaskTimeout(PixmillError):
 class WorkerCrashed(PixmillError):
     status = 422
     code = "worker_crashed"
+
+
+class TooManyJobs(PixmillError):
+    """Back-pressure: the queue holds too many tasks, or a token too many unfinished jobs; try again later."""
+
+    status = 429
+    code = "too_many_jobs"
 
 
 class ServerBusy(PixmillError):

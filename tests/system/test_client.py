@@ -135,3 +135,27 @@ def test_the_remote_cli_takes_its_token_from_pixmill_token(guarded: Server, tmp_
     assert shown.exit_code == 0 and '"state": "done"' in shown.output
     other = runner.invoke(cli, ["status", job_id, "--server", guarded.url, "--token", "alpha-token"])
     assert other.exit_code == 1 and "no such job" in other.output
+
+
+def test_the_client_honours_retry_after_of_a_full_queue_and_gets_in_once_there_is_room(tmp_path, monkeypatch):
+    from pixmill import client as client_module
+
+    # A web replica without a dispatcher, so that what is queued stays queued.
+    with running_server(tmp_path, engine="local", workers=1, args=("--no-dispatcher",), healthy=False,
+                        env={"PIXMILL_MAX_QUEUED_TASKS": "1"}) as server, Client(server.url) as client:
+        first = client.submit([REAL / "sk_coins.png"] * 2, pipeline="grayscale")
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:      # while the second waits, the first makes room
+            slept.append(seconds)
+            if len(slept) == 2:
+                first.cancel()
+        monkeypatch.setattr(client_module.time, "sleep", sleep)
+        second = client.submit([REAL / "sk_coins.png"], pipeline="grayscale")
+        assert second.id != first.id and slept == [2.0, 2.0]
+        runner = CliRunner()                    # 1 task queued is not over the limit of 1; 2 are
+        command = ["submit", str(REAL / "sk_coins.png"), "--server", server.url, "-p", "blur"]
+        assert runner.invoke(cli, command).exit_code == 0
+        refused = runner.invoke(cli, command)     # retried after each Retry-After, then given up
+        assert refused.exit_code == 1 and "429 too_many_jobs" in refused.output and "limit of 1" in refused.output
+        assert len(slept) == 2 + 5

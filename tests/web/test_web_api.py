@@ -465,6 +465,45 @@ def test_tokens_guard_every_api_call_and_jobs_are_private(settings):
         assert spec["paths"]["/api/v1/jobs"]["post"]["security"] == [{"bearer": []}]
 
 
+def test_a_full_queue_refuses_new_uploads_with_429_and_stores_nothing(settings):
+    settings = settings.with_overrides(max_queued_tasks=3)
+    with Store.open(settings) as store:
+        client = make_client(create_app(settings, store))
+        first = post_job(client, {"files": files(*["pil_hopper.bmp"] * 4), "pipeline": "grayscale"})
+        assert first.status_code == 202                               # 0 queued before it: accepted
+        before = stored_blobs(settings)
+        for path in ("/api/v1/jobs", "/upload"):
+            data = {"files": files("pil_hopper.bmp"), "operations": "grayscale"}
+            refused = post_job(client, data, path=path)
+            assert_error(refused, 429, "too_many_jobs", "4 tasks", "limit of 3")
+            assert int(refused.headers["Retry-After"]) > 0
+        assert stored_blobs(settings) == before and len(store.list_jobs()) == 1
+        client.delete(f"/api/v1/jobs/{first.get_json()['id']}")
+        assert post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"}).status_code == 202
+
+
+def test_a_token_with_too_many_unfinished_jobs_gets_429_and_the_others_do_not(settings):
+    settings = settings.with_overrides(api_tokens=("alpha-token", "beta-token"), max_jobs_per_token=2)
+    alpha = {"Authorization": "Bearer alpha-token"}
+    beta = {"Authorization": "Bearer beta-token"}
+    with Store.open(settings) as store:
+        client = make_client(create_app(settings, store))
+        jobs = [post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"}, headers=alpha)
+                for _ in range(2)]
+        assert [j.status_code for j in jobs] == [202, 202]
+        before = stored_blobs(settings)
+        refused = post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"}, headers=alpha)
+        assert_error(refused, 429, "too_many_jobs", "2 unfinished jobs")
+        assert stored_blobs(settings) == before
+        other = post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"}, headers=beta)
+        assert other.status_code == 202
+        client.delete(f"/api/v1/jobs/{jobs[0].get_json()['id']}", headers=alpha)   # one ended: room again
+        assert post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"},
+                        headers=alpha).status_code == 202
+        spec = client.get("/api/v1/openapi.json", headers=alpha).get_json()
+        assert "429" in spec["paths"]["/api/v1/jobs"]["post"]["responses"]
+
+
 def test_healthz_reports_store_and_workers(client, store):
     body = client.get("/healthz")
     assert body.status_code == 503

@@ -105,6 +105,10 @@ class Store:
         """How many of the job's tasks (or only task n) are still queued or running; 0 once it is cancelled."""
         return self.jobs.unfinished(job_id, n=n, owner=owner)
 
+    def backlog(self, *, owner: str | None = None) -> tuple[int, int]:
+        """(tasks queued in the store, unfinished jobs of this owner): what back-pressure looks at."""
+        return self.jobs.backlog(owner=owner)
+
     def list_jobs(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
         """The most recent jobs (of one owner, when given), newest first."""
         return self.jobs.recent(owner=owner, limit=limit)

@@ -187,6 +187,18 @@ class Jobs:
             raise NotFound(f"job {job_id} has no image number {n}")
         return 0 if job["cancelled_at"] is not None else row[1]
 
+    def backlog(self, *, owner: str | None = None) -> tuple[int, int]:
+        """(tasks queued in the whole store, unfinished sealed jobs of this owner, 0 without one): what
+        back-pressure looks at before an upload is read."""
+        db = self.database.connection()
+        queued = db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'queued'").fetchone()[0]
+        if owner is None:
+            return queued, 0
+        jobs = db.execute("SELECT COUNT(*) FROM jobs j WHERE owner = ? AND sealed = 1 AND cancelled_at IS NULL "
+                          "AND EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id "
+                          "AND t.state IN ('queued', 'running'))", (owner,)).fetchone()[0]
+        return queued, jobs
+
     def recent(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
         """The most recent jobs (of one owner, when given), newest first."""
         db = self.database.connection()

@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterator
 from apiflask import APIBlueprint
 from flask import Flask, Response, current_app, request, send_file, stream_with_context, url_for
 
-from ..errors import ImageTooLarge, JobNotFinished, NotFound, ServerBusy
+from ..config import Settings
+from ..errors import ImageTooLarge, JobNotFinished, NotFound, ServerBusy, TooManyJobs
 from ..imaging.codec import EXTENSIONS, MEDIA_TYPES
 from ..imaging.ops import catalogue
 from ..limits import format_bytes
-from ..store import ENDED, JOB_ENDED, JobView, TaskState, TaskView
+from ..store import ENDED, JOB_ENDED, JobView, Store, TaskState, TaskView
 from .archive import pipeline_slug, stream_archive
 from .events import job_events as event_stream
 from .jobstart import JobStart
@@ -34,7 +35,8 @@ ERRORS = {400: "Bad request: malformed form, pipeline or parameter",
           401: "A missing or wrong API token", 404: "No such job or task (or not yours)",
           413: "Over a limit: files per job, bytes per file or request, or pixels",
           415: "Not a supported image format", 422: "A damaged image, or a task that failed",
-          507: "The data dir's quota is used up"}
+          429: "Back-pressure: the queue, or this token's unfinished jobs, over their limit (Retry-After)",
+          507: "The storage quota is used up"}
 
 
 # Before OpenAPI 3.2, the schema of an event stream describes each event (as EventSource sees it).
@@ -83,7 +85,9 @@ def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
     if request.content_length is not None and request.content_length > limit:
         raise ImageTooLarge(f"the request is {format_bytes(request.content_length)}, over the "
                             f"{format_bytes(limit)} per-request limit")
-    start = JobStart(svc.store, owner=current_owner())
+    owner = current_owner()
+    _refuse_when_backlogged(svc.settings, svc.store, owner)
+    start = JobStart(svc.store, owner=owner)
     upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict, job=start,
                          length=request.content_length, accept=accepted_formats(request.accept_mimetypes))
     try:
@@ -93,6 +97,17 @@ def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
         svc.store.delete_blobs(upload.blobs)
         raise
     return job, upload
+
+
+def _refuse_when_backlogged(settings: Settings, store: Store, owner: str | None) -> None:
+    """TooManyJobs (429, Retry-After) before anything of the upload is read or stored, when the queue
+    or this token's unfinished jobs are over their limit."""
+    queued, unfinished = store.backlog(owner=owner)
+    if queued > settings.max_queued_tasks:
+        raise TooManyJobs(f"the queue holds {queued} tasks, over its limit of {settings.max_queued_tasks}; "
+                          "try again shortly")
+    if owner is not None and unfinished >= settings.max_jobs_per_token:
+        raise TooManyJobs(f"this token has {unfinished} unfinished jobs, its limit; try again once one has ended")
 
 
 def _task(job_id: str, n: int) -> tuple[JobView, TaskView]:
@@ -184,7 +199,7 @@ def list_operations() -> list[dict]:
 @bp.post("/jobs")
 @bp.output(JobOut, status_code=202, description="The job was accepted and queued")
 @bp.doc(summary="Upload images with an operation or pipeline each",
-        responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 507)})
+        responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 429, 507)})
 def create_job() -> tuple[dict, int, dict[str, str]]:
     """Multipart: `files` repeated, with `operations` (one per file) or one `pipeline`; `format`, `quality`."""
     job, _ = receive_upload(strict=True)

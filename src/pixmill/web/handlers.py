@@ -32,7 +32,7 @@ def _pixmill_error(exc: PixmillError) -> Response:
     response = jsonify(exc.to_dict())
     response.status_code = exc.status
     response.headers["Cache-Control"] = "no-store"
-    if exc.status == 503:
+    if exc.status in (429, 503):
         response.headers["Retry-After"] = "2"
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="pixmill"'

@@ -31,7 +31,7 @@ def _authenticate() -> None:
 @bp.output(UploadOut, description="Queued; each URL answers 202 until its image is ready, then the image "
                                   "(or 422 with the reason if it failed)")
 @bp.doc(summary="The original upload form: one operation per file",
-        responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 507)})
+        responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 429, 507)})
 def upload() -> dict[str, str | list[str]]:
     """Multipart `files` and `operations`, repeated and in the same order, as the original application took."""
     job, _ = receive_upload(strict=False)
