@@ -141,6 +141,17 @@ class Client:
         """The job with this id, as it is now."""
         return Job(self, self._request("GET", f"api/v1/jobs/{job_id}").json())
 
+    def jobs(self, page: int = 100) -> Iterator[Job]:
+        """Every job of the caller's token, newest first, fetched `page` at a time (GET /api/v1/jobs)."""
+        cursor = None
+        while True:
+            params = {"limit": page, **({"cursor": cursor} if cursor else {})}
+            answer = self._request("GET", "api/v1/jobs", params=params).json()
+            yield from (Job(self, data) for data in answer["jobs"])
+            cursor = answer["next"]
+            if cursor is None:
+                return
+
     def _request(self, method: str, url: str, *, before_retry: Any = None, **kwargs: Any) -> httpx.Response:
         for attempt in range(RETRIES + 1):
             answer = self.http.request(method, url, **kwargs)

@@ -38,6 +38,7 @@ class Settings:
     lease_seconds: float = 30.0               # a claimed task returns to the queue after this without renewal
     heartbeat_timeout: float = 10.0           # a dispatcher silent this long is dead: its tasks are requeued
     api_tokens: tuple[str, ...] = field(default=())  # empty: no tokens needed
+    list_jobs: int = 0                        # 1: GET /api/v1/jobs lists jobs even without tokens (ids are secrets)
     threads: int = 8                          # waitress threads
     manager_backoff: float = 0.02             # most seconds an idle MPI pool's manager sleeps between polls
     worker_backoff: float = 0.02              # most seconds an idle MPI worker sleeps between polls

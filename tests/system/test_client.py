@@ -68,6 +68,8 @@ def test_operations_one_per_file_a_failed_task_and_refresh(server: Server, tmp_p
 
 def test_errors_are_typed_with_the_api_code_and_message(server: Server):
     with Client(server.url) as client:
+        with pytest.raises(NotFound, match="PIXMILL_LIST_JOBS"):
+            list(client.jobs())                                   # no tokens: listing is off
         with pytest.raises(NotFound) as missing:
             client.job("no-such-job")
         assert (missing.value.status, missing.value.code) == (404, "not_found") and "no-such-job" in str(missing.value)
@@ -98,6 +100,7 @@ def test_tokens_are_sent_and_jobs_stay_private_to_theirs(guarded: Server):
         assert job.state == "done"
         with pytest.raises(NotFound):
             beta.job(job.id)
+        assert job.id in [j.id for j in alpha.jobs(page=1)] and job.id not in [j.id for j in beta.jobs()]
 
 
 def test_remote_submit_waits_with_progress_writes_results_and_names_the_failures(server: Server, tmp_path: Path):

@@ -17,7 +17,7 @@ from pixmill.imaging import codec
 from pixmill.imaging.ops import operations
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
-from pixmill.store import Store
+from pixmill.store import NewTask, Store
 from pixmill.web import create_app
 from pixmill.web.events import job_events
 from support.web import (
@@ -502,6 +502,46 @@ def test_a_token_with_too_many_unfinished_jobs_gets_429_and_the_others_do_not(se
                         headers=alpha).status_code == 202
         spec = client.get("/api/v1/openapi.json", headers=alpha).get_json()
         assert "429" in spec["paths"]["/api/v1/jobs"]["post"]["responses"]
+
+
+def test_listing_is_off_without_tokens_unless_asked_for(settings):
+    with Store.open(settings) as store:
+        client = make_client(create_app(settings, store))
+        job = post_job(client, {"files": files("pil_hopper.bmp"), "pipeline": "grayscale"}).get_json()
+        assert_error(client.get("/api/v1/jobs"), 404, "not_found", "PIXMILL_LIST_JOBS=1")
+        listed = make_client(create_app(settings.with_overrides(list_jobs=1), store)).get("/api/v1/jobs").get_json()
+        assert [j["id"] for j in listed["jobs"]] == [job["id"]] and listed["next"] is None
+
+
+def test_listing_pages_through_250_jobs_of_a_token_newest_first_and_never_shows_another_s(settings):
+    from pixmill.web.security import owner_key
+
+    settings = settings.with_overrides(api_tokens=("alpha-token", "beta-token"))
+    with Store.open(settings) as store:
+        client = make_client(create_app(settings, store))
+        mine = [store.create_job([NewTask(f"{i}.png", parse_pipeline("grayscale"), store.put_blob(b"x"), "png")],
+                                 Output(), owner=owner_key("alpha-token")).id for i in range(250)]
+        theirs = store.create_job([NewTask("b.png", parse_pipeline("grayscale"), store.put_blob(b"y"), "png")],
+                                  Output(), owner=owner_key("beta-token")).id
+        alpha = {"Authorization": "Bearer alpha-token"}
+        seen, cursor, pages = [], None, 0
+        while True:
+            query = "?limit=100" + (f"&cursor={cursor}" if cursor else "")
+            page = client.get(f"/api/v1/jobs{query}", headers=alpha).get_json()
+            seen += [j["id"] for j in page["jobs"]]
+            pages += 1
+            cursor = page["next"]
+            if cursor is None:
+                break
+            assert pages < 10
+        assert pages == 3 and seen == list(reversed(mine))              # newest first, each once
+        assert [j["id"] for j in client.get("/api/v1/jobs", headers={"Authorization": "Bearer beta-token"})
+                .get_json()["jobs"]] == [theirs]
+        assert len(client.get("/api/v1/jobs", headers=alpha).get_json()["jobs"]) == 20     # the default page
+        assert_error(client.get("/api/v1/jobs?cursor=bm90LWEtY3Vyc29y", headers=alpha), 400, "invalid_request",
+                     "cursor")
+        assert client.get("/api/v1/jobs?limit=101", headers=alpha).status_code == 400
+        assert_error(client.get("/api/v1/jobs"), 401, "unauthorized")
 
 
 def test_healthz_reports_store_and_workers(client, store):

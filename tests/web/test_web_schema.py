@@ -22,7 +22,7 @@ from pixmill.web import create_app
 
 MB = 1024 * 1024
 OPERATIONS = [
-    ("GET", "/api/v1/operations"), ("POST", "/api/v1/jobs"), ("GET", "/api/v1/jobs/{job_id}"),
+    ("GET", "/api/v1/operations"), ("POST", "/api/v1/jobs"), ("GET", "/api/v1/jobs"), ("GET", "/api/v1/jobs/{job_id}"),
     ("DELETE", "/api/v1/jobs/{job_id}"), ("GET", "/api/v1/jobs/{job_id}/events"),
     ("GET", "/api/v1/jobs/{job_id}/tasks/{n}/result"), ("GET", "/api/v1/jobs/{job_id}/tasks/{n}/source"),
     ("GET", "/api/v1/jobs/{job_id}/archive"), ("POST", "/upload"), ("GET", "/healthz"), ("GET", "/metrics"),
@@ -54,7 +54,9 @@ def test_no_request_gets_a_server_error(api_schema, method, path):
     operation = api_schema[path][method]
     cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
 
-    excluded = [positive_data_acceptance] if method == "POST" else []
+    # A schema-valid form is refused when its pipeline is not one, and a schema-valid string is refused
+    # as a cursor unless the service gave it: 400 is right for both, which that check does not expect.
+    excluded = [positive_data_acceptance] if method == "POST" or path == "/api/v1/jobs" else []
     tokens = api_schema.app.extensions["pixmill"].settings.api_tokens
     headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else None
 

@@ -109,6 +109,10 @@ class Store:
         """(tasks queued in the store, unfinished jobs of this owner): what back-pressure looks at."""
         return self.jobs.backlog(owner=owner)
 
+    def page_of_jobs(self, *, owner: str | None, limit: int, before: tuple[float, str] | None = None) -> list[JobView]:
+        """Up to `limit` jobs of the owner, newest first, after the (created_at, id) of a previous page's last."""
+        return self.jobs.page(owner=owner, limit=limit, before=before)
+
     def list_jobs(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
         """The most recent jobs (of one owner, when given), newest first."""
         return self.jobs.recent(owner=owner, limit=limit)

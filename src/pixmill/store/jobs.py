@@ -199,6 +199,27 @@ class Jobs:
                           "AND t.state IN ('queued', 'running'))", (owner,)).fetchone()[0]
         return queued, jobs
 
+    def page(self, *, owner: str | None, limit: int, before: tuple[float, str] | None = None) -> list[JobView]:
+        """Up to `limit` sealed jobs (of one owner, when given), newest first, from just after `before`
+        ((created_at, id) of the last job of the previous page): a stable order for cursors."""
+        db = self.database.connection()
+        where, args = ["sealed = 1"], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        ids = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE {' AND '.join(where)} "
+                                        f"ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit))]
+        views = []
+        for job_id in ids:
+            try:
+                views.append(self.get(job_id))
+            except NotFound:  # deleted meanwhile
+                pass
+        return views
+
     def recent(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
         """The most recent jobs (of one owner, when given), newest first."""
         db = self.database.connection()

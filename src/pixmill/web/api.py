@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -9,7 +12,7 @@ from apiflask import APIBlueprint
 from flask import Flask, Response, current_app, request, send_file, stream_with_context, url_for
 
 from ..config import Settings
-from ..errors import ImageTooLarge, JobNotFinished, NotFound, ServerBusy, TooManyJobs
+from ..errors import ImageTooLarge, InvalidRequest, JobNotFinished, NotFound, ServerBusy, TooManyJobs
 from ..imaging.codec import EXTENSIONS, MEDIA_TYPES
 from ..imaging.ops import catalogue
 from ..limits import format_bytes
@@ -18,7 +21,7 @@ from .archive import pipeline_slug, stream_archive
 from .events import job_events as event_stream
 from .jobstart import JobStart
 from .present import job_json
-from .schemas import DownloadQuery, JobOut, OperationOut
+from .schemas import DownloadQuery, JobListOut, JobListQuery, JobOut, OperationOut
 from .security import authenticate, current_owner, download_name
 from .services import services
 from .uploads import Upload, accepted_formats, read_upload
@@ -205,6 +208,42 @@ def create_job() -> tuple[dict, int, dict[str, str]]:
     job, _ = receive_upload(strict=True)
     body = job_json(job)
     return body, 202, {"Location": body["status_url"]}
+
+
+@bp.get("/jobs")
+@bp.input(JobListQuery, location="query", arg_name="query")
+@bp.output(JobListOut)
+@bp.doc(summary="The caller's jobs, newest first, a page at a time",
+        responses={400: ERRORS[400], 401: ERRORS[401],
+                   404: "Listing is off: the service has no tokens and PIXMILL_LIST_JOBS is not 1"})
+def list_jobs(query: dict) -> dict:
+    """With tokens, the jobs of the caller's token; without, every job, only if PIXMILL_LIST_JOBS=1 (job ids
+    are the only secret then). `next` is the cursor of the following page, null after the last."""
+    svc = services()
+    if not svc.settings.api_tokens and not svc.settings.list_jobs:
+        raise NotFound("listing jobs is off: this service has no tokens, so job ids are the only secret "
+                       "(set PIXMILL_LIST_JOBS=1 to list every job)")
+    limit = query["limit"]
+    page = svc.store.page_of_jobs(owner=current_owner(), limit=limit + 1, before=_cursor(query["cursor"]))
+    more, page = len(page) > limit, page[:limit]
+    return {"jobs": [job_json(job) for job in page],
+            "next": _make_cursor(page[-1]) if more and page else None}
+
+
+def _make_cursor(job: JobView) -> str:
+    raw = json.dumps([job.created_at, job.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor(text: str | None) -> tuple[float, str] | None:
+    """The (created_at, id) a cursor carries; InvalidRequest if it is not one of ours."""
+    if text is None:
+        return None
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return float(created_at), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidRequest(f"query parameter 'cursor': {text[:40]!r} is not a cursor this service gave") from None
 
 
 @bp.get("/jobs/<job_id>")

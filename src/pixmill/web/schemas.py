@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
-from apiflask.validators import OneOf
+from apiflask.validators import Length, OneOf, Range
 
 from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS
 from ..store import JobState, TaskState
@@ -87,6 +87,17 @@ class JobOut(Schema):
     events_url = String()
     archive_url = String()
     tasks = List(Nested(TaskOut))
+
+
+class JobListQuery(Schema):
+    limit = Integer(load_default=20, validate=Range(1, 100), metadata={"description": "jobs per page, 1 to 100"})
+    cursor = String(load_default=None, validate=Length(max=200),
+                    metadata={"description": "the `next` of the previous page"})
+
+
+class JobListOut(Schema):
+    jobs = List(Nested(JobOut), required=True, metadata={"description": "the caller's jobs, newest first"})
+    next = String(allow_none=True, required=True, metadata={"description": "cursor of the next page; null at the end"})
 
 
 class UploadOut(Schema):
