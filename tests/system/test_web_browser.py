@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from support.servers import HOSTILE_DIR, REAL, Server, running_server
@@ -213,6 +214,35 @@ def test_errors_are_shown_in_words(page: Page, server: Server, tmp_path: Path):
 
 
 @pytest.mark.browser
+def test_recent_jobs_are_the_ones_this_browser_made_and_reopen_their_results(page: Page, browser: Browser,
+                                                                              server: Server):
+    page.goto(server.url)
+    expect(page.locator("body.ready")).to_have_count(1)
+    expect(page.locator("#recent")).to_be_hidden()
+    page.set_input_files("#file-input", [str(REAL / "sk_coins.png")])
+    page.select_option("#item1-s0-op", "sepia")
+    page.click("#submit")
+    expect(page.locator("#gallery .result.done")).to_have_count(1)
+    page.goto(server.url)                                  # a new visit, without the job in the address
+    expect(page.locator("#recent-list li")).to_have_count(1)
+    expect(page.locator("#recent-list li")).to_contain_text("sk_coins.png")
+    expect(page.locator("#recent-list li")).to_contain_text("done · 1 images")
+    page.click("#recent-list a")
+    expect(page.locator("#gallery .result.done")).to_have_count(1)
+    assert "#job=" in page.url
+    stranger = browser.new_context()                       # another browser knows none of them
+    try:
+        other = stranger.new_page()
+        other.goto(server.url)
+        expect(other.locator("body.ready")).to_have_count(1)
+        other.wait_for_timeout(500)
+        expect(other.locator("#recent")).to_be_hidden()
+    finally:
+        stranger.close()
+    assert page.problems == []
+
+
+@pytest.mark.browser
 @pytest.mark.slow
 def test_with_api_tokens_the_page_asks_for_one_and_works(browser: Browser, tmp_path: Path):
     with running_server(tmp_path / "tokens", engine="local", workers=1,
@@ -239,6 +269,15 @@ def test_with_api_tokens_the_page_asks_for_one_and_works(browser: Browser, tmp_p
             assert re.fullmatch(r"pixmill-[A-Za-z0-9_-]{12}\.zip", download.value.suggested_filename)
             with zipfile.ZipFile(download.value.path()) as zf:
                 assert zf.namelist() == ["001-sk_camera-edge_detection.png"]
+            # Recent jobs come from the token's listing: a job made elsewhere with the token shows too.
+            other = requests.post(server.url + "api/v1/jobs", headers={"Authorization": "Bearer page-token"},
+                                  files=[("files", ("from-a-script.png", (REAL / "sk_coins.png").read_bytes()))],
+                                  data={"pipeline": "grayscale"}, timeout=30)
+            assert other.status_code == 202
+            page.goto(server.url)
+            expect(page.locator("#recent-list li")).to_have_count(2)
+            expect(page.locator("#recent-list li").first).to_contain_text("from-a-script.png")
+            expect(page.locator("#recent-list li").nth(1)).to_contain_text("sk_camera.png")
         finally:
             context.close()
 

@@ -146,6 +146,7 @@
       try { data = JSON.parse(xhr.responseText); } catch (e) { data = { message: xhr.statusText }; }
       if (xhr.status === 202) {
         state.job = data;
+        remember(data.id);
         history.replaceState(null, "", "#job=" + encodeURIComponent(data.id));
         $("choose").hidden = true; $("add").hidden = true;
         follow(data);
@@ -340,6 +341,54 @@
     refresh(); alertBox(""); $("pick").focus();
   }
 
+  // ---- recent jobs: the token's, from the listing; without a token, the ones this browser made
+
+  const MINE = "pixmill-jobs";
+
+  function remember(id) {
+    const ids = [id].concat(mine().filter((other) => other !== id)).slice(0, 20);
+    localStorage.setItem(MINE, JSON.stringify(ids));
+  }
+
+  function mine() {
+    try { return JSON.parse(localStorage.getItem(MINE) || "[]").filter((id) => /^[A-Za-z0-9_-]+$/.test(id)); }
+    catch (e) { return []; }
+  }
+
+  async function recentJobs() {
+    if (state.token) {
+      const response = await api("/api/v1/jobs?limit=10");
+      return response.ok ? (await response.json()).jobs : [];
+    }
+    const found = [];
+    for (const id of mine().slice(0, 10)) {
+      const response = await api("/api/v1/jobs/" + id);
+      if (response.ok) found.push(await response.json());
+    }
+    localStorage.setItem(MINE, JSON.stringify(found.map((job) => job.id)));   // forget the expired ones
+    return found;
+  }
+
+  async function showRecent() {
+    const jobs = await recentJobs();
+    const list = $("recent-list");
+    list.textContent = "";
+    jobs.forEach((job) => {
+      const names = job.tasks.slice(0, 3).map((t) => t.name).join(", ") + (job.tasks.length > 3 ? ", …" : "");
+      const a = el("a", { href: "#job=" + encodeURIComponent(job.id) }, names || job.id);   // names as text only
+      a.addEventListener("click", (e) => {
+        e.preventDefault();
+        history.replaceState(null, "", "#job=" + encodeURIComponent(job.id));
+        resume(job.id);
+      });
+      const when = new Date(job.created_at * 1000).toLocaleString();
+      const item = el("li", { class: "recent " + job.state });
+      item.append(a, el("span", { class: "hint" }, " " + job.state + " · " + job.total + " images · " + when));
+      list.append(item);
+    });
+    $("recent").hidden = jobs.length === 0;
+  }
+
   // ---- wiring
 
   function wire() {
@@ -387,6 +436,7 @@
     body.classList.add("ready");
     const match = /^#job=([A-Za-z0-9_-]+)$/.exec(location.hash);
     if (match) resume(match[1]);
+    showRecent();
   }
 
   async function resume(id) {
