@@ -221,18 +221,8 @@ class Jobs:
         return views
 
     def recent(self, *, owner: str | None = None, limit: int = 50) -> list[JobView]:
-        """The most recent jobs (of one owner, when given), newest first."""
-        db = self.database.connection()
-        where, args = ("AND owner = ?", [owner]) if owner is not None else ("", [])
-        ids = [r[0] for r in db.execute(f"SELECT id FROM jobs WHERE sealed = 1 {where} ORDER BY created_at DESC "
-                                        f"LIMIT ?", (*args, limit))]
-        views = []
-        for job_id in ids:
-            try:
-                views.append(self.get(job_id))
-            except NotFound:  # deleted meanwhile
-                pass
-        return views
+        """The most recent jobs (of one owner, when given), newest first: the first page."""
+        return self.page(owner=owner, limit=limit)
 
     def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         """Cancel a job: its queued and running tasks become cancelled; finished ones keep their results."""
