@@ -10,6 +10,7 @@
 Waits are long polls (`Prefer: wait`) and progress comes from the event stream: never busy loops.
 An answer of 429 or 503 with `Retry-After` is retried after that many seconds, a few times; any
 other error raises an ApiError subclass that carries the API's status, error code and message.
+A receiver of webhooks checks their signature with `verify_webhook(secret, body, header)`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from typing import Any
 
 import httpx
 
-__all__ = ["Client", "Job", "ApiError", "BadRequest", "Unauthorized", "NotFound", "Conflict", "TooLarge",
-           "UnsupportedFormat", "Unprocessable", "TooManyRequests", "Unavailable", "StorageFull", "Timeout"]
+from .signature import verify as verify_webhook
+
+__all__ = ["Client", "Job", "verify_webhook", "ApiError", "BadRequest", "Unauthorized", "NotFound", "Conflict",
+           "TooLarge", "UnsupportedFormat", "Unprocessable", "TooManyRequests", "Unavailable", "StorageFull", "Timeout"]
 
 MAX_WAIT = 30                 # seconds the server holds a long poll at most
 RETRIES = 5                   # answers of 429 or 503 retried after their Retry-After
@@ -110,15 +113,18 @@ class Client:
 
     def submit(self, files: Iterable[str | Path | tuple[str, bytes]], pipeline: str | None = None,
                operations: Sequence[str] | None = None, format: str = "auto", quality: int = 90,
-               color: str = "srgb") -> Job:
+               color: str = "srgb", webhook_url: str | None = None) -> Job:
         """Submit a job: files are paths or (name, bytes) pairs; give one pipeline for all, or operations,
-        one per file in order. The job as the service accepted it (202)."""
+        one per file in order; the service POSTs the job to webhook_url when it ends. The job as the
+        service accepted it (202)."""
         # httpx sends the fields before the files, so the service starts the work while files still arrive.
         fields: dict[str, str | list[str]] = {"format": format, "quality": str(quality), "color": color}
         if pipeline is not None:
             fields["pipeline"] = pipeline
         if operations:
             fields["operations"] = list(operations)
+        if webhook_url:
+            fields["webhook_url"] = webhook_url
         with ExitStack() as stack:
             parts = []
             for item in files:
@@ -189,6 +195,11 @@ class Job:
     @property
     def counts(self) -> dict[str, int]:
         return self.data["counts"]
+
+    @property
+    def webhook(self) -> dict | None:
+        """The job's webhook and how its delivery went (url, state, attempts, last_status, ...), or None."""
+        return self.data.get("webhook")
 
     @property
     def failed(self) -> list[dict]:

@@ -39,6 +39,11 @@ class Settings:
     heartbeat_timeout: float = 10.0           # a dispatcher silent this long is dead: its tasks are requeued
     api_tokens: tuple[str, ...] = field(default=())  # empty: no tokens needed
     list_jobs: int = 0                        # 1: GET /api/v1/jobs lists jobs even without tokens (ids are secrets)
+    webhook_secret: str = ""                  # signs webhooks (HMAC-SHA256); empty: webhook_url is refused
+    webhook_allow: tuple[str, ...] = field(default=())  # hosts or CIDRs webhooks may reach though not public
+    webhook_attempts: int = 8                 # deliveries of one webhook before it is given up
+    webhook_backoff: float = 30.0             # seconds before the 2nd attempt, doubling each time (at most an hour)
+    webhook_timeout: float = 10.0             # seconds a receiver has to connect and answer
     threads: int = 8                          # waitress threads
     manager_backoff: float = 0.02             # most seconds an idle MPI pool's manager sleeps between polls
     worker_backoff: float = 0.02              # most seconds an idle MPI worker sleeps between polls

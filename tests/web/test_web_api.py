@@ -58,7 +58,8 @@ def test_openapi_document_describes_every_endpoint(client):
                  "/api/v1/jobs/{job_id}/archive", "/upload", "/healthz", "/metrics"):
         assert path in paths, path
     form = paths["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) == {"files", "operations", "pipeline", "format", "quality", "color", "negotiate"}
+    assert set(form["properties"]) == {"files", "operations", "pipeline", "format", "quality", "color", "negotiate",
+                                      "webhook_url"}
     assert "delete" in paths["/api/v1/jobs/{job_id}"]
 
 

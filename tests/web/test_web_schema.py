@@ -36,7 +36,7 @@ TOKEN = "schema-test-token"
 def api_schema(request, tmp_path: Path, schemathesis_config):
     tokens = (TOKEN,) if request.param == "tokens" else ()
     config = Settings(data_dir=tmp_path / "data", max_files=3, max_file_bytes=MB, max_request_bytes=4 * MB,
-                      api_tokens=tokens)
+                      api_tokens=tokens, webhook_secret="schema-test-secret")
     with Store.open(config) as store:
         app = create_app(config, store, sse_poll=0.01, sse_max_seconds=2)
         # a live dispatcher's heartbeat, so /healthz answers 200 (its 503 is covered in test_web_api)

@@ -110,10 +110,12 @@ def assert_results_match(store: Store, job: JobView, images: list[bytes]) -> Non
 
 def test_settings_environment_rebuilds_the_settings_without_the_tokens(tmp_path: Path):
     settings = Settings(data_dir=tmp_path / "d", engine="local", workers=3, port=1234, task_timeout=2.5,
-                        lease_seconds=600.0, max_file_bytes=12345, api_tokens=("secret-one", "secret-two"))
+                        lease_seconds=600.0, max_file_bytes=12345, api_tokens=("secret-one", "secret-two"),
+                        webhook_secret="signing-key", webhook_allow=("127.0.0.1", "10.0.0.0/8", "hooks.internal"))
     env = settings_environment(settings)
     assert all(name.startswith("PIXMILL_") and isinstance(value, str) for name, value in env.items())
     assert not any("secret" in value for value in env.values()) and "PIXMILL_API_TOKENS" not in env
+    assert env["PIXMILL_WEBHOOK_ALLOW"] == "127.0.0.1,10.0.0.0/8,hooks.internal"   # the dispatcher sends webhooks
     assert load_settings(env) == dataclasses.replace(settings, api_tokens=())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .facade import Store, describe_store
 from .jobs import ENDED, JOB_ENDED, JobState, JobView, NewTask, TaskState, TaskView
 from .taskqueue import Claim, Finished, StoredResult
+from .webhooks import Delivery, NewWebhook, WebhookState, WebhookView
 
 __all__ = ["Store", "describe_store", "JobView", "NewTask", "JobState", "TaskState", "ENDED", "JOB_ENDED",
-           "TaskView", "Claim", "Finished", "StoredResult"]
+           "TaskView", "Claim", "Finished", "StoredResult", "Delivery", "NewWebhook", "WebhookState", "WebhookView"]

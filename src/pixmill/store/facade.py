@@ -28,6 +28,7 @@ from .openjobs import OpenJobs
 from .postgres import PostgresDatabase, redact
 from .s3blobs import S3Blobs
 from .taskqueue import Claim, TaskQueue
+from .webhooks import Delivery, NewWebhook, WebhookState
 
 __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE", "describe_store", "blob_location"]
 
@@ -93,9 +94,10 @@ class Store:
 
     # Jobs
 
-    def create_job(self, tasks: list[NewTask], output: Output, *, owner: str | None = None) -> JobView:
-        """Record a job with all its tasks in one transaction."""
-        return self.jobs.create(tasks, output, owner=owner)
+    def create_job(self, tasks: list[NewTask], output: Output, *, owner: str | None = None,
+                   webhook: NewWebhook | None = None) -> JobView:
+        """Record a job with all its tasks (and its webhook) in one transaction."""
+        return self.jobs.create(tasks, output, owner=owner, webhook=webhook)
 
     def get_job(self, job_id: str, *, owner: str | None = None) -> JobView:
         """The job with its tasks; NotFound if there is none or it belongs to another owner."""
@@ -139,13 +141,30 @@ class Store:
         """Add tasks numbered from start to an open job; dispatchers may claim them at once."""
         self.open_jobs.add_tasks(job_id, tasks, start=start)
 
-    def seal_job(self, job_id: str, tasks: list[NewTask], output: Output, *, start: int) -> JobView:
-        """Add the last tasks and show the job; with another output, the tasks added before run again."""
-        return self.open_jobs.seal(job_id, tasks, output, start=start)
+    def seal_job(self, job_id: str, tasks: list[NewTask], output: Output, *, start: int,
+                 webhook: NewWebhook | None = None) -> JobView:
+        """Add the last tasks (and the webhook) and show the job; with another output, the tasks added
+        before run again."""
+        return self.open_jobs.seal(job_id, tasks, output, start=start, webhook=webhook)
 
     def discard_job(self, job_id: str) -> None:
         """Delete an open job with its rows and blobs (its upload was refused)."""
         self.open_jobs.discard(job_id)
+
+    # Webhooks
+
+    def claim_webhooks(self, sender: str, limit: int) -> list[Delivery]:
+        """Lease up to `limit` due webhook deliveries (their jobs have ended) to this sender."""
+        return self.jobs.webhooks.claim(sender, limit)
+
+    def settle_webhook(self, sender: str, delivery: Delivery, *, status: int | None, error: str | None,
+                       final: bool = False) -> WebhookState | None:
+        """Record how a delivery went (see Webhooks.settle); None if it is no longer this sender's."""
+        return self.jobs.webhooks.settle(sender, delivery, status=status, error=error, final=final)
+
+    def release_webhooks(self, sender: str, deliveries: list[Delivery]) -> None:
+        """Give back claimed deliveries never attempted, uncounted."""
+        self.jobs.webhooks.release(sender, deliveries)
 
     # Task queue
 

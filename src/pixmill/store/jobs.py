@@ -18,6 +18,7 @@ from ..imaging.process import Output
 from .blobs import BlobFolder
 from .database import Database
 from .schema import select_in
+from .webhooks import NewWebhook, Webhooks, WebhookView
 
 __all__ = ["TaskState", "ENDED", "JobState", "JOB_ENDED", "TaskView", "JobView", "NewTask", "Jobs", "ORPHAN_GRACE",
            "new_job_id", "task_view", "job_view", "output_from_json", "output_to_json"]
@@ -82,6 +83,7 @@ class JobView:
     created_at: float
     output: Output
     tasks: tuple[TaskView, ...] = field(default=())
+    webhook: WebhookView | None = None
 
     def counts(self) -> dict[str, int]:
         """The number of tasks in each state, zeros included."""
@@ -122,8 +124,8 @@ def task_view(row: sqlite3.Row) -> TaskView:
                     input_blob=row["input_blob"], result_blob=row["result_blob"])
 
 
-def job_view(job: sqlite3.Row, rows: list[sqlite3.Row]) -> JobView:
-    """A job row and its task rows as a JobView."""
+def job_view(job: sqlite3.Row, rows: list[sqlite3.Row], webhook: WebhookView | None = None) -> JobView:
+    """A job row and its task rows (and its webhook) as a JobView."""
     tasks = tuple(task_view(r) for r in rows)
     states = {t.state for t in tasks}
     if job["cancelled_at"] is not None:
@@ -135,7 +137,7 @@ def job_view(job: sqlite3.Row, rows: list[sqlite3.Row]) -> JobView:
     else:
         state = JobState.RUNNING
     return JobView(id=job["id"], owner=job["owner"], state=state, created_at=job["created_at"],
-                   output=output_from_json(job["output"]), tasks=tasks)
+                   output=output_from_json(job["output"]), tasks=tasks, webhook=webhook)
 
 
 def new_job_id() -> str:
@@ -152,9 +154,11 @@ class Jobs:
         self.database = database
         self.blobs = blobs
         self.settings = settings
+        self.webhooks = Webhooks(database, settings)
 
-    def create(self, tasks: list[NewTask], output: Output, *, owner: str | None = None) -> JobView:
-        """Record a job with all its tasks in one transaction."""
+    def create(self, tasks: list[NewTask], output: Output, *, owner: str | None = None,
+               webhook: NewWebhook | None = None) -> JobView:
+        """Record a job with all its tasks (and its webhook) in one transaction."""
         if not tasks:
             raise InvalidRequest("a job needs at least one image")
         job_id, now = new_job_id(), time.time()
@@ -162,6 +166,8 @@ class Jobs:
             db.execute("INSERT INTO jobs (id, owner, created_at, output) VALUES (?, ?, ?, ?)",
                        (job_id, owner, now, output_to_json(output)))
             self.insert_tasks(db, job_id, tasks, 0)
+            if webhook is not None:
+                self.webhooks.insert(db, job_id, webhook)
         return self.get(job_id)
 
     def get(self, job_id: str, *, owner: str | None = None) -> JobView:
@@ -171,7 +177,8 @@ class Jobs:
             if job is None or (owner is not None and job["owner"] != owner):
                 raise NotFound(f"no such job: {job_id}")
             tasks = db.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
-        return job_view(job, tasks)
+            webhook = self.webhooks.view(db, job_id)
+        return job_view(job, tasks, webhook)
 
     def unfinished(self, job_id: str, *, n: int | None = None, owner: str | None = None) -> int:
         """How many of the job's tasks (or only task n) are still queued or running; 0 once it is cancelled.
@@ -278,6 +285,7 @@ class Jobs:
         keys: list[str] = []
         for row in select_in(db, "SELECT input_blob, result_blob FROM tasks WHERE job_id IN ({})", ids):
             keys.extend(k for k in row if k)
+        self.webhooks.delete_rows(db, ids)
         select_in(db, "DELETE FROM tasks WHERE job_id IN ({})", ids)
         select_in(db, "DELETE FROM jobs WHERE id IN ({})", ids)
         select_in(db, "DELETE FROM blobs WHERE key IN ({})", keys)

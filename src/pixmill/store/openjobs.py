@@ -21,6 +21,7 @@ from ..imaging.process import Output
 from .blobs import BlobFolder
 from .database import Database
 from .jobs import Jobs, JobView, NewTask, new_job_id, output_to_json
+from .webhooks import NewWebhook
 
 __all__ = ["OpenJobs"]
 
@@ -47,9 +48,10 @@ class OpenJobs:
             _open(db, job_id)
             self.jobs.insert_tasks(db, job_id, tasks, start)
 
-    def seal(self, job_id: str, tasks: list[NewTask], output: Output, *, start: int) -> JobView:
-        """Add the last tasks (numbered from start) and show the job; with another output than it was
-        opened with, the tasks added before go back to the queue, their results deleted."""
+    def seal(self, job_id: str, tasks: list[NewTask], output: Output, *, start: int,
+             webhook: NewWebhook | None = None) -> JobView:
+        """Add the last tasks (numbered from start) and the webhook, and show the job; with another output
+        than it was opened with, the tasks added before go back to the queue, their results deleted."""
         with self.database.write() as db:
             opened_with = _open(db, job_id)
             self.jobs.insert_tasks(db, job_id, tasks, start)
@@ -62,6 +64,8 @@ class OpenJobs:
                            "started_at = NULL, finished_at = NULL, lease_owner = NULL, lease_expires = NULL "
                            "WHERE job_id = ? AND n < ?", (job_id, start))
                 db.executemany("DELETE FROM blobs WHERE key = ?", [(k,) for k in stale])
+            if webhook is not None:
+                self.jobs.webhooks.insert(db, job_id, webhook)
             db.execute("UPDATE jobs SET output = ?, sealed = 1 WHERE id = ?", (output_to_json(output), job_id))
         self.blobs.delete(stale)
         return self.jobs.get(job_id)

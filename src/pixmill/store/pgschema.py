@@ -91,6 +91,24 @@ PG_MIGRATIONS: tuple[str, ...] = (
         stopped_at DOUBLE PRECISION
     );
     """,
+    # 2: a job's webhook and its deliveries, as SQLite's migration 3.
+    """
+    CREATE TABLE webhooks (
+        job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        base_url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at DOUBLE PRECISION NOT NULL,
+        lease_owner TEXT,
+        lease_expires DOUBLE PRECISION,
+        last_attempt_at DOUBLE PRECISION,
+        last_status INTEGER,
+        last_error TEXT,
+        delivered_at DOUBLE PRECISION
+    );
+    CREATE INDEX webhooks_due ON webhooks (state, next_at);
+    """,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

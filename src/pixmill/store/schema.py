@@ -85,6 +85,25 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN sealed INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE tasks ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: a job's webhook and its deliveries (pixmill.store.webhooks); base_url is the URL root the
+    # job was submitted through, for the links in the job's JSON that the webhook carries.
+    """
+    CREATE TABLE webhooks (
+        job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        base_url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_expires REAL,
+        last_attempt_at REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        delivered_at REAL
+    );
+    CREATE INDEX webhooks_due ON webhooks (state, next_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

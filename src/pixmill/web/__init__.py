@@ -6,6 +6,7 @@ from apiflask import APIFlask
 
 from .. import __version__
 from ..config import Settings, load_settings
+from ..destinations import Destinations
 from ..store import Store
 from . import api, handlers, health, legacy, security, ui
 from .schemas import ERROR_SCHEMA, job_form_schema, upload_form_schema
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, *,
                sse_poll: float = 0.5, sse_max_seconds: float = 60.0) -> APIFlask:
     """Build the app around settings and a store (opened from settings.data_dir if not given)."""
     settings = settings or load_settings()
+    Destinations.allowing(settings.webhook_allow)   # a malformed allow-list stops the start, not each upload
     app = APIFlask(__name__, title="pixmill", version=__version__,
                    spec_path="/api/v1/openapi.json", docs_path=None)
     app.config.update(

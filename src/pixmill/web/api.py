@@ -16,7 +16,7 @@ from ..errors import ImageTooLarge, InvalidRequest, JobNotFinished, NotFound, Se
 from ..imaging.codec import EXTENSIONS, MEDIA_TYPES
 from ..imaging.ops import catalogue
 from ..limits import format_bytes
-from ..store import ENDED, JOB_ENDED, JobView, Store, TaskState, TaskView
+from ..store import ENDED, JOB_ENDED, JobView, NewWebhook, Store, TaskState, TaskView
 from .archive import pipeline_slug, stream_archive
 from .events import job_events as event_stream
 from .jobstart import JobStart
@@ -34,7 +34,7 @@ SSE_MIN_GAP = 0.05   # seconds: a stream looks at its job at most this often, ho
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1",
                   tag={"name": "jobs", "description": "Upload images, follow their progress, fetch results"})
 
-ERRORS = {400: "Bad request: malformed form, pipeline or parameter",
+ERRORS = {400: "Bad request: malformed form, pipeline or parameter, or a webhook_url refused",
           401: "A missing or wrong API token", 404: "No such job or task (or not yours)",
           413: "Over a limit: files per job, bytes per file or request, or pixels",
           415: "Not a supported image format", 422: "A damaged image, or a task that failed",
@@ -93,8 +93,9 @@ def receive_upload(*, strict: bool) -> tuple[JobView, Upload]:
     start = JobStart(svc.store, owner=owner)
     upload = read_upload(request.stream, request.content_type, svc.settings, svc.store, strict=strict, job=start,
                          length=request.content_length, accept=accepted_formats(request.accept_mimetypes))
+    webhook = NewWebhook(upload.webhook_url, request.url_root) if upload.webhook_url else None
     try:
-        job = start.finish(upload.tasks, upload.output)
+        job = start.finish(upload.tasks, upload.output, webhook)
     except BaseException:
         start.abandon()
         svc.store.delete_blobs(upload.blobs)

@@ -9,7 +9,7 @@ whole, at the end, as before.
 from __future__ import annotations
 
 from ..imaging.process import Output
-from ..store import JobView, NewTask, Store
+from ..store import JobView, NewTask, NewWebhook, Store
 
 __all__ = ["JobStart"]
 
@@ -33,11 +33,11 @@ class JobStart:
             self.store.add_tasks(self.job_id, tasks[self.started:], start=self.started)
             self.started = len(tasks)
 
-    def finish(self, tasks: list[NewTask], output: Output) -> JobView:
-        """Record the job with all its tasks: seal the open job, or create it whole."""
+    def finish(self, tasks: list[NewTask], output: Output, webhook: NewWebhook | None = None) -> JobView:
+        """Record the job with all its tasks (and its webhook): seal the open job, or create it whole."""
         if self.job_id is None:
-            return self.store.create_job(tasks, output, owner=self.owner)
-        job = self.store.seal_job(self.job_id, tasks[self.started:], output, start=self.started)
+            return self.store.create_job(tasks, output, owner=self.owner, webhook=webhook)
+        job = self.store.seal_job(self.job_id, tasks[self.started:], output, start=self.started, webhook=webhook)
         self.job_id = None
         return job
 

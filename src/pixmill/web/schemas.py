@@ -7,13 +7,14 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, St
 from apiflask.validators import Length, OneOf, Range
 
 from ..imaging.process import COLOR_MODES, OUTPUT_FORMATS
-from ..store import JobState, TaskState
+from ..store import JobState, TaskState, WebhookState
 
 __all__ = ["ERROR_SCHEMA", "OperationOut", "JobOut", "UploadOut", "HealthOut", "DownloadQuery",
            "job_form_schema", "upload_form_schema", "TASK_STATES", "JOB_STATES"]
 
 TASK_STATES = tuple(state.value for state in TaskState)
 JOB_STATES = tuple(state.value for state in JobState)
+WEBHOOK_STATES = tuple(state.value for state in WebhookState)
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -75,6 +76,20 @@ class TaskOut(Schema):
     source_url = String(required=True)
 
 
+class WebhookOut(Schema):
+    url = String(required=True)
+    state = String(required=True, validate=OneOf(WEBHOOK_STATES),
+                   metadata={"description": "pending (the job runs, or the next attempt waits), sending, "
+                                            "delivered, failed (every attempt used) or refused (the address)"})
+    attempts = Integer(required=True)
+    max_attempts = Integer()
+    next_attempt_at = Float(allow_none=True, metadata={"description": "unix seconds of the next retry"})
+    last_attempt_at = Float(allow_none=True)
+    last_status = Integer(allow_none=True, metadata={"description": "the receiver's HTTP status at the last attempt"})
+    last_error = String(allow_none=True)
+    delivered_at = Float(allow_none=True)
+
+
 class JobOut(Schema):
     id = String(required=True)
     state = String(required=True, validate=OneOf(JOB_STATES))
@@ -86,6 +101,8 @@ class JobOut(Schema):
     status_url = String()
     events_url = String()
     archive_url = String()
+    webhook = Nested(WebhookOut, allow_none=True,
+                     metadata={"description": "the job's webhook and its delivery; null without one"})
     tasks = List(Nested(TaskOut))
 
 
@@ -150,6 +167,10 @@ def job_form_schema(max_files: int) -> dict:
             "negotiate": {"type": "boolean", "default": False,
                           "description": "with format auto: write AVIF or WebP if the request's Accept header "
                                          "names image/avif or image/webp (by its q values, AVIF first at equal q)"},
+            "webhook_url": {"type": "string", "maxLength": 2048,
+                            "description": "an http(s) URL to POST {\"event\": \"job.finished\", \"job\": ...} "
+                                           "to when the job ends, signed in Pixmill-Signature; not to loopback, "
+                                           "private or link-local addresses unless PIXMILL_WEBHOOK_ALLOW allows them"},
         },
     }
 

@@ -15,6 +15,7 @@ from typing import BinaryIO
 from werkzeug.http import parse_options_header
 
 from ..config import Settings
+from ..destinations import Destinations, WebhookRefused
 from ..errors import CorruptImage, ImageTooLarge, InvalidPipeline, InvalidRequest, PixmillError
 from ..imaging import codec
 from ..imaging.pipeline import Pipeline, parse_pipeline
@@ -30,7 +31,7 @@ CHUNK = 64 * 1024          # bytes read from the request at a time
 HEAD_BYTES = 256 * 1024           # enough for the header of every format we accept, in practice
 MAX_FIELD_BYTES = 16 * 1024       # a pipeline is at most 4000 characters
 MAX_NAME_CHARS = 255
-FIELDS = ("files", "operations", "pipeline", "format", "quality", "color", "negotiate")
+FIELDS = ("files", "operations", "pipeline", "format", "quality", "color", "negotiate", "webhook_url")
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
@@ -41,6 +42,7 @@ class Upload:
     tasks: list[NewTask]
     output: Output
     blobs: list[str] = field(default_factory=list)
+    webhook_url: str | None = None
 
 
 def read_upload(stream: BinaryIO, content_type: str | None, settings: Settings, store: Store, *,
@@ -118,6 +120,8 @@ class _Reader:
         self.fields.setdefault(name, []).append(text)
         if name in ("operations", "pipeline"):
             self._offer()
+        elif name == "webhook_url":
+            self._webhook_url()   # refused before the files that follow are read
 
     def _take_file(self, event: multipart.Part, part: _PartReader) -> None:
         filename = event.filename or ""
@@ -190,6 +194,7 @@ class _Reader:
                                  f"give one operation per file, in the same order, or one 'pipeline' for all files")
         self.upload.tasks = self._tasks(len(self.files))
         self.upload.output = self._output()
+        self.upload.webhook_url = self._webhook_url()
 
     def _tasks(self, count: int) -> list[NewTask]:
         """The first count files as tasks, each with its pipeline (parsed once)."""
@@ -226,6 +231,14 @@ class _Reader:
         fmt = fmt.strip().lower()
         accept = self.accept if negotiate in TRUE and fmt == "auto" else ()
         return Output(format=fmt, quality=quality, color=mode, accept=accept)
+
+    def _webhook_url(self) -> str | None:
+        url = (self._single("webhook_url") or "").strip()
+        if not url:
+            return None
+        if not self.settings.webhook_secret:
+            raise WebhookRefused("webhooks are off on this server: it has no PIXMILL_WEBHOOK_SECRET to sign them")
+        return Destinations.allowing(self.settings.webhook_allow).check_url(url)
 
     def _single(self, name: str) -> str | None:
         values = self.fields.get(name, [])

@@ -42,6 +42,7 @@ from ..store.dbwatch import Doorbell
 from ..store.facade import blob_location
 from .recorder import Recorder
 from .stored import run_stored
+from .webhooks import WebhookSender
 
 __all__ = ["Dispatcher", "STOPPED", "RESTART", "EXIT_RESTART", "process_is_dead", "run_dispatcher", "load_task"]
 
@@ -58,6 +59,7 @@ BUSY_TICK = 0.25                     # seconds between timeout checks while the 
 # the MPI manager thread).
 WATCH_IDLE_TICK = 0.25     # longest sleep in the kernel (a stop is seen by then)
 PURGE_EVERY = 60.0
+WEBHOOK_POLL = 0.5         # seconds between looks for webhooks due (a job that ended, a retry whose time came)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Dispatcher:
         self.flights: dict[int, Flight] = {}
         self.pool: Executor | None = None
         self.recorder: Recorder | None = None
+        self.hooks: WebhookSender | None = None
         self._due: dict[str, float] = {}
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
@@ -110,6 +113,8 @@ class Dispatcher:
                                        engine=self.engine, workers=self.workers)
         self.pool = self.make_pool()
         self.recorder = Recorder(self.store, self.id)
+        if self.settings.webhook_secret:   # without one a node leaves webhooks to those that can sign them
+            self.hooks = WebhookSender(self.store, self.settings, self.id)
         log.info("dispatcher %s: %d %s workers on %s", self.id, self.workers, self.engine,
                  self.settings.data_dir)
         poll = POLL_MIN
@@ -139,6 +144,8 @@ class Dispatcher:
             return outcome
         finally:
             self.recorder.close()
+            if self.hooks is not None:
+                self.hooks.close()
             self.watch.close()
             self.bell.close()
             if clean:
@@ -292,6 +299,8 @@ class Dispatcher:
                 and now - self._beating_since > timeout:
             if requeued := self.store.requeue_silent(self.id, silent_for=timeout):
                 log.warning("dispatcher %s: %d tasks of silent dispatchers requeued", self.id, requeued)
+        if self.hooks is not None and self._is_due("webhooks", now, WEBHOOK_POLL):
+            self.hooks.poll()
         if self._is_due("purge", now, PURGE_EVERY):
             self.store.purge_expired()
 

@@ -37,6 +37,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         if f.name == "api_tokens":
             continue
+        if isinstance(value, tuple):
+            value = ",".join(value)
         env[f"PIXMILL_{f.name.upper()}"] = str(value.resolve() if isinstance(value, Path) else value)
     return env
 
