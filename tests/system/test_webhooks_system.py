@@ -10,8 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from pixmill.cli.main import main as cli
 from pixmill.client import BadRequest, Client, verify_webhook
+from support.backends import sqlite_only
 from support.cluster import kill_family
 from support.receiver import receiving
 from support.servers import REAL, running_server, stop_server
@@ -111,3 +114,17 @@ def test_ssrf_refusals_and_no_redirects(tmp_path: Path, database_url: str, blob_
         assert hook["attempts"] == 2 and hook["last_status"] == 302
         assert hook["last_error"] == f"HTTP 302: redirects are not followed (to {elsewhere.url})"
         assert len(redirecting.received) == 2 and elsewhere.received == []
+
+
+@sqlite_only
+def test_the_remote_cli_passes_a_webhook(tmp_path: Path, database_url: str, blob_url: str):
+    with receiving([200]) as receiver, \
+            running_server(tmp_path, engine="local", workers=1, env=environment(database_url, blob_url)) as server:
+        ran = CliRunner().invoke(cli, ["submit", str(REAL / "sk_camera.png"), "--server", server.url,
+                                       "--pipeline", "grayscale", "--webhook", receiver.url, "--wait"])
+        assert ran.exit_code == 0, ran.output
+        [got] = receiver.wait_for(1, 60)
+    assert got.signed_by(SECRET) and got.json["job"]["id"] == ran.stdout.splitlines()[0]
+    local = CliRunner().invoke(cli, ["submit", str(REAL / "sk_camera.png"), "--data-dir", str(tmp_path / "local"),
+                                     "--pipeline", "grayscale", "--webhook", receiver.url])
+    assert local.exit_code == 2 and "--webhook needs --server" in local.output

@@ -48,17 +48,21 @@ T = TypeVar("T")
               help="With --wait: give up after this many seconds.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Wait, then write the results into this directory.")
+@click.option("--webhook", "webhook_url", metavar="URL", default=None,
+              help="With --server: the service POSTs the job to this URL when it ends (signed).")
 def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, color_mode: str, data_dir: Path | None,
            database_url: str | None, blob_url: str | None, server: str | None, token: str | None, wait_: bool,
-           timeout: float | None, out_dir: Path | None) -> None:
+           timeout: float | None, out_dir: Path | None, webhook_url: str | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
     from ..store import NewTask
 
     if server is not None:
         _submit_remote(server, token, sources, pipeline, Output(fmt, quality, color_mode), wait_ or out_dir is not None,
-                       timeout, out_dir)
+                       timeout, out_dir, webhook_url)
         return
+    if webhook_url:
+        raise click.UsageError("--webhook needs --server: the service sends webhooks, with its own URLs in them")
     wait_ = wait_ or out_dir is not None
     settings = load_settings(data_dir=data_dir, database_url=database_url, blob_url=blob_url)
     if len(sources) > settings.max_files:
@@ -175,12 +179,12 @@ def _api(call: Callable[[], T]) -> T:
 
 
 def _submit_remote(server: str, token: str | None, sources: list[Path], pipeline: Pipeline, output: Output,
-                   wait_: bool, timeout: float | None, out_dir: Path | None) -> None:
+                   wait_: bool, timeout: float | None, out_dir: Path | None, webhook_url: str | None) -> None:
     from tqdm import tqdm
 
     with _remote(server, token) as client:
         job = _api(lambda: client.submit(sources, pipeline=pipeline.text(), format=output.format,
-                                         quality=output.quality, color=output.color))
+                                         quality=output.quality, color=output.color, webhook_url=webhook_url))
         click.echo(job.id)
         click.echo(f"queued {len(sources)} images as job {job.id} on {server}", err=True)
         if not wait_:
