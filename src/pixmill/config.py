@@ -30,6 +30,7 @@ class Settings:
     max_file_bytes: int = 50 * MiB            # per uploaded file
     max_request_bytes: int = 500 * MiB        # per request
     quota_bytes: int = 10 * GiB               # the data dir's blobs
+    inline_bytes: int = 64 * 1024             # blobs up to this size live in the database, not as files or objects
     max_queued_tasks: int = 10_000            # over this many queued tasks, new uploads get 429
     max_jobs_per_token: int = 100             # a token with this many unfinished jobs gets 429 for a new one
     ttl_seconds: int = 24 * 3600              # jobs older than this are deleted with their blobs

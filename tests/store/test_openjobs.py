@@ -346,7 +346,7 @@ def test_a_version_1_database_migrates_and_its_jobs_stay_visible(settings: Setti
 
     with Store.open(settings) as store:
         db = store.database.connection()
-        assert schema.schema_version(db) == schema.SCHEMA_VERSION == 3
+        assert schema.schema_version(db) == schema.SCHEMA_VERSION == 4
         assert "sealed" in {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
         assert db.execute("SELECT sealed FROM jobs WHERE id = 'old-job'").fetchone()[0] == 1
         job = store.get_job("old-job", owner="alice")
@@ -359,7 +359,7 @@ def test_a_version_1_database_migrates_and_its_jobs_stay_visible(settings: Setti
         assert [j.id for j in store.list_jobs()] == ["old-job"]
         assert store.seal_job(hidden, [], Output(), start=0).tasks == ()
     with Store.open(settings) as store:                         # opening again migrates nothing
-        assert schema.schema_version(store.database.connection()) == 3 and len(store.list_jobs()) == 2
+        assert schema.schema_version(store.database.connection()) == 4 and len(store.list_jobs()) == 2
 
 
 # ---- uploads that start early: read_upload with a JobStart

@@ -28,8 +28,10 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.both_backends]   # each test 
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, blob_url: str) -> Settings:
+    # inline_bytes=0: results are files or objects here, whose writes the tests make fail (small results
+    # kept in their rows are tested in tests/store/test_inline_blobs.py).
     return Settings(data_dir=tmp_path / "data", database_url=database_url, blob_url=blob_url,
-                    lease_seconds=30, max_attempts=3)
+                    lease_seconds=30, max_attempts=3, inline_bytes=0)
 
 
 @pytest.fixture

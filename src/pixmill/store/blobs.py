@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, NamedTuple
 from ..errors import ImageTooLarge, NotFound, StorageFull
 from ..limits import format_bytes
 
-__all__ = ["BlobFolder", "Staged", "new_key", "valid_key", "limit_size", "open_blobs"]
+__all__ = ["BlobFolder", "Staged", "Prefixed", "new_key", "valid_key", "limit_size", "open_blobs", "read_up_to"]
 
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
 CHUNK = 1024 * 1024
@@ -53,6 +53,32 @@ class Staged(NamedTuple):
     key: str
     size: int
     tmp: Path | None
+
+
+def read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """The stream's first `size` bytes (fewer only at its end), however little each read returns."""
+    parts, got = [], 0
+    while got < size and (chunk := stream.read(size - got)):
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+class Prefixed:
+    """A file-like reader giving head first, then the rest of a stream."""
+
+    def __init__(self, head: bytes, stream: BinaryIO | Any) -> None:
+        self.head, self.stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to size bytes; b'' at the end."""
+        if self.head:
+            if size < 0:
+                out, self.head = self.head + self.stream.read(), b""
+                return out
+            out, self.head = self.head[:size], self.head[size:]
+            return out
+        return self.stream.read(CHUNK if size < 0 else size)
 
 
 class BlobFolder:

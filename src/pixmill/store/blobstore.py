@@ -3,7 +3,9 @@
 The folder holds the bytes; the `blobs` table says which files exist as far as jobs are concerned,
 and its `usage` total is what the quota applies to. A file is renamed into place inside the
 transaction that records its row, so a crash leaves at worst a file no row knows of, which the
-orphan sweep (Jobs.purge_expired) deletes later.
+orphan sweep (Jobs.purge_expired) deletes later. A blob of at most PIXMILL_INLINE_BYTES has no file:
+its bytes are in its row (`data`), written in the same transaction, where a few KB cost less than a
+file with its fsync (or an S3 request).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import BinaryIO
 from ..config import Settings
 from ..errors import StorageFull
 from ..limits import format_bytes
-from .blobs import BlobFolder
+from .blobs import BlobFolder, Prefixed, limit_size, new_key, read_up_to
 from .database import Database
 
 __all__ = ["BlobStore"]
@@ -38,6 +40,22 @@ class BlobStore:
             if quota is not None and used + size > quota:
                 raise self._full(used)
 
+        small = self.settings.inline_bytes
+        if small > 0:   # a small blob goes into its row: no file, no fsync, no object request
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                data = bytes(source) if len(source) <= small else None
+            else:
+                head = read_up_to(source, small + 1)
+                data, source = (head, None) if len(head) <= small else (None, Prefixed(head, source))
+            if data is not None:
+                limit_size(len(data), max_bytes)
+                key = new_key()
+                with self.database.write() as db:
+                    used = db.execute(f"SELECT bytes FROM usage{self.database.lock_rows}").fetchone()[0]
+                    check(len(data))
+                    db.execute("INSERT INTO blobs (key, size, created_at, data) VALUES (?, ?, ?, ?)",
+                               (key, len(data), time.time(), data))
+                return key
         staged = self.folder.stage(source, max_bytes=max_bytes, check=check)
         try:
             with self.database.write() as db:
@@ -59,6 +77,11 @@ class BlobStore:
                            "(SELECT 1 FROM tasks WHERE input_blob = ? OR result_blob = ?)",
                            [(k, k, k) for k in keys])
         self.folder.delete(k for k in keys if not self.known(k))
+
+    def inline(self, key: str) -> bytes | None:
+        """The bytes of a blob kept in its row, or None (a file or object, or no such blob)."""
+        row = self.database.connection().execute("SELECT data FROM blobs WHERE key = ?", (key,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def usage(self) -> int:
         """Bytes of blobs stored now, the figure the quota applies to."""

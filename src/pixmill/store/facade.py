@@ -14,6 +14,7 @@ keep one object to hold while each collaborator stays small.
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -77,12 +78,14 @@ class Store:
         return self.blobs.path(key)
 
     def blob_source(self, key: str) -> Path | BinaryIO:
-        """A blob to send or copy: the folder's file, or a seekable file of S3's bytes."""
-        return self.blobs.source(key)
+        """A blob to send or copy: the folder's file, or a seekable file of its bytes (S3's, or its row's)."""
+        data = self.blob_store.inline(key)
+        return io.BytesIO(data) if data is not None else self.blobs.source(key)
 
     def read_blob(self, key: str) -> bytes:
         """A blob's bytes (NotFound if it is gone)."""
-        return self.blobs.read(key)
+        data = self.blob_store.inline(key)
+        return data if data is not None else self.blobs.read(key)
 
     def delete_blobs(self, keys: Iterable[str]) -> None:
         """Delete blobs that no job refers to yet, such as the uploads of a refused request."""

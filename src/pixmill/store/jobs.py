@@ -281,15 +281,16 @@ class Jobs:
 
     def delete_rows(self, db: sqlite3.Connection, ids: list[str]) -> list[str]:
         """Delete these jobs' rows, their tasks' and their blobs' inside the caller's write transaction (db);
-        return the blob keys, whose files the caller deletes once the transaction has committed."""
+        return the keys of the blobs with a file or object, which the caller deletes once it has committed."""
         keys: list[str] = []
         for row in select_in(db, "SELECT input_blob, result_blob FROM tasks WHERE job_id IN ({})", ids):
             keys.extend(k for k in row if k)
+        inline = {r[0] for r in select_in(db, "SELECT key FROM blobs WHERE data IS NOT NULL AND key IN ({})", keys)}
         self.webhooks.delete_rows(db, ids)
         select_in(db, "DELETE FROM tasks WHERE job_id IN ({})", ids)
         select_in(db, "DELETE FROM jobs WHERE id IN ({})", ids)
         select_in(db, "DELETE FROM blobs WHERE key IN ({})", keys)
-        return keys
+        return [k for k in keys if k not in inline]   # the rows held the bytes of the others
 
     def _unknown_files(self) -> list[str]:
         # A process killed after a blob's rename but before its transaction committed leaves a

@@ -109,6 +109,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX webhooks_due ON webhooks (state, next_at);
     """,
+    # 3: small blobs inside their row, as SQLite's migration 4.
+    """
+    ALTER TABLE blobs ADD COLUMN data BYTEA;
+    """,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

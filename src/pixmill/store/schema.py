@@ -104,6 +104,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX webhooks_due ON webhooks (state, next_at);
     """,
+    # 4: small blobs inside their row (data), where a few KB cost less than a file and its fsync.
+    """
+    ALTER TABLE blobs ADD COLUMN data BLOB;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

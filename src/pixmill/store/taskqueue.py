@@ -19,7 +19,7 @@ from typing import NamedTuple
 from ..config import Settings
 from ..errors import PixmillError
 from ..imaging.process import Output, Result
-from .blobs import BlobFolder, Staged
+from .blobs import BlobFolder, Staged, new_key
 from .database import Database
 from .jobs import TaskState, output_from_json
 
@@ -47,6 +47,7 @@ class Claim:
     attempts: int
     suspect: bool
     claims: int = 0          # this claim's number: only its result may be stored (see complete_many)
+    input_data: bytes | None = None   # the input's bytes when its row holds them (a small blob)
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,13 @@ class TaskQueue:
             db.execute(f"UPDATE tasks SET state = 'running', attempts = attempts + 1, claims = claims + 1, "
                        f"started_at = ?, lease_owner = ?, lease_expires = ? WHERE id IN ({marks}) "
                        f"AND state = 'queued'", (now, dispatcher_id, now + self.settings.lease_seconds, *ids))
-            rows = db.execute(f"SELECT t.*, j.output FROM tasks t JOIN jobs j ON j.id = t.job_id "
-                              f"WHERE t.id IN ({marks}) ORDER BY t.id", ids).fetchall()
+            rows = db.execute(f"SELECT t.*, j.output, b.data AS input_data FROM tasks t JOIN jobs j ON j.id = t.job_id "
+                              f"LEFT JOIN blobs b ON b.key = t.input_blob WHERE t.id IN ({marks}) ORDER BY t.id",
+                              ids).fetchall()
         return [Claim(id=r["id"], job_id=r["job_id"], n=r["n"], name=r["name"], pipeline=r["pipeline"],
                       input_blob=r["input_blob"], output=output_from_json(r["output"]),
-                      attempts=r["attempts"], suspect=r["crashes"] > 0, claims=r["claims"]) for r in rows]
+                      attempts=r["attempts"], suspect=r["crashes"] > 0, claims=r["claims"],
+                      input_data=None if r["input_data"] is None else bytes(r["input_data"])) for r in rows]
 
     def renew(self, dispatcher_id: str, *, workers: int | None = None) -> set[int]:
         """Extend the leases of this dispatcher's tasks and beat its heart; return the task ids it still holds."""
@@ -144,12 +147,18 @@ class TaskQueue:
         (StoredResult) is published, or discarded if it is not recorded. True for each task marked done."""
         done = [Finished(*item) for item in done]
         written: list[tuple[Finished, Staged]] = []
+        inline: dict[str, bytes] = {}   # small results, kept in their blob row
         refused: list[tuple[int, str, float | None]] = []
         recorded: set[str] = set()   # the keys of the results recorded (a task may come twice, one claim stale)
         try:
             for item in done:
                 if isinstance(item.result, StoredResult):
                     written.append((item, item.result.staged))
+                    continue
+                if len(item.result.data) <= self.settings.inline_bytes:
+                    key = new_key()
+                    inline[key] = item.result.data
+                    written.append((item, Staged(key, len(item.result.data), None)))
                     continue
                 try:
                     written.append((item, self.blobs.stage(item.result.data, max_bytes=None)))
@@ -174,16 +183,17 @@ class TaskQueue:
                 for task_id, error, started_at in sorted(refused):
                     _fail(db, dispatcher_id, task_id, error, started_at)
                 mine = [staged for _, staged in written if staged.key in recorded]
-                db.executemany("INSERT INTO blobs (key, size, created_at) VALUES (?, ?, ?)",
-                               [(staged.key, staged.size, now) for staged in mine])
+                db.executemany("INSERT INTO blobs (key, size, created_at, data) VALUES (?, ?, ?, ?)",
+                               [(staged.key, staged.size, now, inline.get(staged.key)) for staged in mine])
                 for staged in mine:
-                    self.blobs.publish(staged)
+                    if staged.key not in inline:
+                        self.blobs.publish(staged)
         except BaseException:
             recorded.clear()  # rolled back: nothing refers to any of them
             raise
         finally:
             for _, staged in written:
-                if staged.key not in recorded:
+                if staged.key not in recorded and staged.key not in inline:
                     try:
                         self.blobs.discard(staged)
                     except Exception as exc:  # storage away: the purge deletes it as an orphan later

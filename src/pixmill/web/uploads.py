@@ -22,6 +22,7 @@ from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import COLOR_MODES, NEGOTIABLE_FORMATS, OUTPUT_FORMATS, Output
 from ..limits import format_bytes
 from ..store import NewTask, Store
+from ..store.blobs import Prefixed
 from . import multipart
 from .jobstart import JobStart
 
@@ -147,7 +148,7 @@ class _Reader:
         if len(head) > limit:
             raise ImageTooLarge(f"{name}: the file is over the {format_bytes(limit)} per-file limit")
         try:
-            blob = self.store.put_blob(_Prefixed(head, part), max_bytes=limit)
+            blob = self.store.put_blob(Prefixed(head, part), max_bytes=limit)
         except ImageTooLarge:
             raise ImageTooLarge(f"{name}: the file is over the {format_bytes(limit)} per-file limit") from None
         self.upload.blobs.append(blob)
@@ -302,23 +303,6 @@ class _PartReader:
         while not self.eof:
             self._fill()
         self.buffer.clear()
-
-
-class _Prefixed:
-    """A file-like reader giving head first, then the rest of the part."""
-
-    def __init__(self, head: bytes, part: _PartReader) -> None:
-        self.head, self.part = head, part
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to size bytes; b'' at the end."""
-        if self.head:
-            if size < 0:
-                out, self.head = self.head + self.part.read(), b""
-                return out
-            out, self.head = self.head[:size], self.head[size:]
-            return out
-        return self.part.read(CHUNK if size < 0 else size)
 
 
 def _count(n: int, noun: str) -> str:

@@ -178,7 +178,8 @@ class Dispatcher:
             return
         try:  # the worker reads the input and writes the result itself: only keys pass through here
             future = self.pool.submit(run_stored, self.blobs, claim.input_blob, pipeline, claim.output,
-                                      max_pixels=self.settings.max_pixels, task=self.task)
+                                      max_pixels=self.settings.max_pixels, task=self.task, data=claim.input_data,
+                                      inline_bytes=self.store.settings.inline_bytes)
         except BrokenExecutor:  # the pool died before we noticed: this task never ran
             self.store.release(self.id, [claim.id])
             self._broken = True

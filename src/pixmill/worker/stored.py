@@ -2,7 +2,9 @@
 
 The dispatcher hands a worker a task's input key and the blob location, never the bytes, and gets
 back the staged result's key and a few numbers: the images go between the workers and the blob
-backend (the folder, or S3 from any host), and the dispatcher moves only ids and metadata. The
+backend (the folder, or S3 from any host), and the dispatcher moves only ids and metadata. Small
+blobs (PIXMILL_INLINE_BYTES) are the exception: they live in the database, so their bytes travel
+with the task and its result, costing less than a file's fsync or an S3 request. The
 result is published only when the dispatcher records it under the claim it ran under; if it is not
 recorded, the dispatcher discards it.
 """
@@ -24,12 +26,16 @@ _backends: dict[str, Any] = {}    # one blob backend per location in each worker
 
 
 def run_stored(location: str, input_key: str, pipeline: Pipeline, output: Output, *, max_pixels: int,
-               task: Callable[..., Result] = process) -> StoredResult:
-    """Run task on the input blob and stage its result in the same backend."""
+               task: Callable[..., Result] = process, data: bytes | None = None,
+               inline_bytes: int = 0) -> StoredResult | Result:
+    """Run task on the input blob (its bytes given as data when its row holds them) and stage its result in
+    the same backend; a result of at most inline_bytes comes back whole, for the store to keep in its row."""
     blobs = _backends.get(location)
     if blobs is None:
         blobs = _backends[location] = open_blobs(location)
-    result = task(blobs.read(input_key), pipeline, output, max_pixels=max_pixels)
+    result = task(blobs.read(input_key) if data is None else data, pipeline, output, max_pixels=max_pixels)
+    if len(result.data) <= inline_bytes:
+        return result
     try:
         staged = blobs.stage(result.data, max_bytes=None)
     except StoreUnavailable:
