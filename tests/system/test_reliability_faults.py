@@ -105,29 +105,42 @@ def blob_files(data_dir: Path) -> set[str]:
     return {p.name for p in (data_dir / "blobs").rglob("*") if p.is_file() and p.parent.name != "tmp"}
 
 
+def stored_blobs(settings: Settings) -> set[str]:
+    """Every blob: the files, and the small ones whose rows hold their bytes (PIXMILL_INLINE_BYTES)."""
+    with Store.open(settings) as store:
+        rows = {r[0] for r in store.database.connection().execute("SELECT key FROM blobs WHERE data IS NOT NULL")}
+    return blob_files(settings.data_dir) | rows
+
+
 def assert_no_orphans(settings: Settings) -> None:
-    """Every blob file is in the blobs table and every row has its file; every blob is some task's."""
+    """Every blob file is in the blobs table and every row has its file (or holds the bytes itself, for a small
+    blob); every blob is some task's."""
     with Store.open(settings) as store:
         db = store.database.connection()
-        rows = {r[0] for r in db.execute("SELECT key FROM blobs")}
+        rows = {r[0] for r in db.execute("SELECT key FROM blobs WHERE data IS NULL")}
+        every = {r[0] for r in db.execute("SELECT key FROM blobs")}
         used = {k for row in db.execute("SELECT input_blob, result_blob FROM tasks") for k in row if k}
         if not settings.database_url:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     files = blob_files(settings.data_dir)
     assert files == rows, (f"files without rows: {sorted(files - rows)[:5]}; "
                            f"rows without files: {sorted(rows - files)[:5]}")
-    assert rows == used, f"blobs no task refers to: {sorted(rows - used)[:5]}"
+    assert every == used, f"blobs no task refers to: {sorted(every - used)[:5]}"
 
 
 WORKER_MARKER = {"mpi": "mpi4py.futures.server", "local": "multiprocessing.spawn"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, seed, database", [pytest.param("mpi", s, "sqlite", marks=pytest.mark.mpi)
-                                                    for s in SEEDS]
-                         + [("local", 4, "sqlite"), pytest.param("local", 5, "postgresql", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("engine, seed, database, inline",
+                         [pytest.param("mpi", s, "sqlite", 0, marks=pytest.mark.mpi) for s in SEEDS]
+                         + [("local", 4, "sqlite", 0),
+                            pytest.param("local", 5, "postgresql", 0, marks=pytest.mark.postgres)]
+                         # the same with the tiny images kept in their rows (the default PIXMILL_INLINE_BYTES)
+                         + [pytest.param("mpi", 6, "sqlite", 65536, marks=pytest.mark.mpi),
+                            pytest.param("local", 7, "postgresql", 65536, marks=pytest.mark.postgres)])
 def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically(tmp_path, engine, seed, database,
-                                                                                 request):
+                                                                                 inline, request):
     # On PostgreSQL the images stay in the blob folder, so that retention can be run an hour later
     # by ageing the files (S3 objects cannot be aged); tests/system/test_cluster.py kills nodes on S3.
     rng = random.Random(seed)
@@ -137,8 +150,8 @@ def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically
     folder = tmp_path / "serve"
     data_dir = folder / "data"
     url = request.getfixturevalue("postgres_url") if database == "postgresql" else ""
-    settings = Settings(data_dir=data_dir, database_url=url)
-    env = {"PIXMILL_DATABASE_URL": url}
+    settings = Settings(data_dir=data_dir, database_url=url, inline_bytes=inline)
+    env = {"PIXMILL_DATABASE_URL": url, "PIXMILL_INLINE_BYTES": str(inline)}
     jobs, points, kills = {}, {}, {}
     with running_server(folder, engine=engine, workers=2, env=env) as server:
         first_dispatcher = server.dispatcher_pids()
@@ -177,10 +190,10 @@ def test_kill_worker_dispatcher_and_service_then_every_job_completes_identically
         store.purge_expired(now=time.time() + ORPHAN_GRACE + 60)
     assert_no_orphans(settings)
     assert not list((data_dir / "blobs" / "tmp").glob("*.part"))
-    assert len(blob_files(data_dir)) == 2 * IMAGES * len(jobs)      # inputs and results, each once
+    assert len(stored_blobs(settings)) == 2 * IMAGES * len(jobs)      # inputs and results, each once
     with Store.open(settings) as store:     # and once the jobs expire, nothing at all is left
         assert store.purge_expired(now=time.time() + settings.ttl_seconds + 60) == len(jobs)
-    assert blob_files(data_dir) == set()
+    assert stored_blobs(settings) == set()
     assert_no_orphans(settings)
 
 
@@ -225,7 +238,7 @@ import os, signal, sys
 from pathlib import Path
 from pixmill.config import Settings
 from pixmill.store import Store
-store = Store.open(Settings(data_dir=Path(sys.argv[1])))
+store = Store.open(Settings(data_dir=Path(sys.argv[1]), inline_bytes=0))   # a file, as large blobs are
 commit = store.blobs.commit
 def commit_then_die(tmp, key):
     commit(tmp, key)
@@ -237,7 +250,7 @@ store.put_blob(b"pixmill" * 1000)
 
 def test_a_blob_renamed_by_a_process_killed_before_its_commit_is_purged(tmp_path):
     """kill -9 between a blob's rename and its transaction's commit: the file has no row; retention removes it."""
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings(data_dir=tmp_path / "data", inline_bytes=0)
     with Store.open(settings) as store:
         kept = store.put_blob(b"kept")
     proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_RENAME, str(settings.data_dir)], timeout=60)

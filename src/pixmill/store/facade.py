@@ -206,6 +206,10 @@ class Store:
         """Tasks in flight when the pool died: requeue as suspects, or fail those at max_attempts."""
         return self.queue.crashed(dispatcher_id, task_ids)
 
+    def isolate(self, dispatcher_id: str, task_ids: Iterable[int]) -> int:
+        """Put held tasks back uncounted, each to run alone next time (one of their chunk ran away)."""
+        return self.queue.isolate(dispatcher_id, task_ids)
+
     def timed_out(self, dispatcher_id: str, task_id: int, error: str, others: Iterable[int]) -> None:
         """Fail a runaway task and put the others the pool held back, uncounted, as the pool is ended."""
         self.queue.timed_out(dispatcher_id, task_id, error, others)

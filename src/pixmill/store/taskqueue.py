@@ -218,6 +218,19 @@ class TaskQueue:
             return self._crash(db, f"lease_owner = ? AND id IN ({','.join('?' * len(ids))})",
                                (dispatcher_id, *ids)) if ids else 0
 
+    def isolate(self, dispatcher_id: str, task_ids: Iterable[int]) -> int:
+        """Put held tasks back uncounted, each to run alone next time (a suspect): one of them, unknown which,
+        ran past its time in a chunk handed over together."""
+        ids = list(task_ids)
+        if not ids:
+            return 0
+        with self.database.write() as db:
+            cur = db.execute(f"UPDATE tasks SET crashes = CASE WHEN crashes > 0 THEN crashes ELSE 1 END "
+                             f"WHERE lease_owner = ? AND state = 'running' AND id IN ({','.join('?' * len(ids))})",
+                             (dispatcher_id, *ids))
+            _release(db, dispatcher_id, ids)
+            return cur.rowcount
+
     def timed_out(self, dispatcher_id: str, task_id: int, error: str, others: Iterable[int]) -> None:
         """Fail a runaway task and put the others the pool held back, uncounted, as the pool is ended."""
         with self.database.write() as db:

@@ -29,19 +29,20 @@ from concurrent.futures import (
     wait,
 )
 from dataclasses import dataclass
+from functools import partial
 
 import psutil
 
 from ..config import Settings, load_settings
 from ..errors import PixmillError, StoreUnavailable, TaskTimeout
-from ..imaging.pipeline import parse_pipeline
+from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import Result, process
 from ..logs import setup_logging
 from ..store import Claim, Store, StoredResult
 from ..store.dbwatch import Doorbell
 from ..store.facade import blob_location
 from .recorder import Recorder
-from .stored import run_stored
+from .stored import run_many, run_stored
 from .webhooks import WebhookSender
 
 __all__ = ["Dispatcher", "STOPPED", "RESTART", "EXIT_RESTART", "process_is_dead", "run_dispatcher", "load_task"]
@@ -58,6 +59,13 @@ BUSY_TICK = 0.25                     # seconds between timeout checks while the 
 # the next look, and looking often instead makes an idle dispatcher costly (GIL hand-offs beside
 # the MPI manager thread).
 WATCH_IDLE_TICK = 0.25     # longest sleep in the kernel (a stop is seen by then)
+# Tasks whose input is small enough to live in the database (PIXMILL_INLINE_BYTES) go to a worker up to
+# CHUNK in one message and come back in one, when a long queue has them: each hand-off costs the manager
+# thread and the worker about as much as a tiny image's work. A chunk is sized to take about CHUNK_SECONDS
+# by the tasks' recent times, so slow tasks still go alone: their results come one by one, and a cancel
+# stops them.
+CHUNK = 8
+CHUNK_SECONDS = 0.02
 PURGE_EVERY = 60.0
 WEBHOOK_POLL = 0.5         # seconds between looks for webhooks due (a job that ended, a retry whose time came)
 
@@ -70,6 +78,19 @@ class Flight:
     future: Future
     running_since: float | None = None   # monotonic time it was first seen running on a worker
     started_at: float | None = None      # the same, as unix time for the store
+    index: int | None = None             # its place in its chunk's outcomes (None: the future is its own)
+    size: int = 1                        # the tasks of its chunk
+    submitted: float = 0.0               # monotonic time it was handed to the pool
+
+    def outcome(self) -> object:
+        """The task's result; raises what its task (or the pool) raised."""
+        value = self.future.result()
+        if self.index is None:
+            return value
+        value = value[self.index]
+        if isinstance(value, BaseException):
+            raise value
+        return value
 
 
 def process_is_dead(pid: int, started: float | None) -> bool:
@@ -100,6 +121,7 @@ class Dispatcher:
         self._dropped: list[Future] = []   # futures of tasks no longer ours that may still run
         self._broken = False
         self._beating_since: float | None = None   # monotonic time of the first heartbeat of this run
+        self._task_seconds: float | None = None   # a moving average of one task's time on a worker
         self.watch = store.database.watch()
         self.blobs = blob_location(store.settings)   # where the workers read inputs and write results
         self.bell = Doorbell()   # rung when a flight finishes, so the loop sleeps on commits and flights at once
@@ -137,7 +159,7 @@ class Dispatcher:
                     continue
                 claimed = self._fill()
                 poll = POLL_MIN if claimed else min(poll * 2, POLL_MAX)
-                full = len(self.flights) >= 2 * self.workers or self._isolating()
+                full = self._in_flight() >= 2 * self.workers or self._isolating()
                 self._wait(BUSY_TICK if full else poll, stop, watch=not full)
             outcome = self._shutdown()
             clean = True
@@ -152,52 +174,87 @@ class Dispatcher:
                 self.store.stop_dispatcher(self.id)
             else:  # left as running: whoever starts next requeues its tasks at once, counting the attempt
                 for flight in self.flights.values():   # results staged by now will never be recorded
-                    flight.future.add_done_callback(self._discard)
+                    flight.future.add_done_callback(partial(self._discard, index=flight.index))
                 self._end_pool(kill=True)
 
+    def _in_flight(self) -> int:
+        """Futures in flight (a chunk of tasks is one)."""
+        return len({id(f.future) for f in self.flights.values()})
+
     def _fill(self) -> int:
-        """Claim and submit enough tasks to keep two per worker in flight."""
+        """Claim and submit enough to keep two futures per worker in flight: single tasks, or chunks of up to
+        CHUNK when more are queued than that."""
         if self._isolating():
             return 0
-        room = 2 * self.workers - len(self.flights)
+        room = 2 * self.workers - self._in_flight()
         if room <= 0:
             return 0
-        claims = self.store.claim(self.id, room, busy=bool(self.flights))
-        for claim in claims:
-            self._submit(claim)
-        return len(claims)
+        most = self._chunk_size()
+        claims = self.store.claim(self.id, room * most, busy=bool(self.flights))
+        runnable = [(c, p) for c in claims if (p := self._pipeline(c)) is not None]
+        small = [(c, p) for c, p in runnable if c.input_data is not None]
+        singles = [[item] for item in runnable if item[0].input_data is None]
+        size = max(1, -(-len(small) // max(1, room - len(singles))))   # spread: every worker gets some
+        chunks = singles + [small[i:i + size] for i in range(0, len(small), size)]
+        for chunk in chunks[:room]:
+            self._submit(chunk)
+        extra = [c.id for chunk in chunks[room:] for c, _ in chunk]   # large inputs past the room: later
+        if extra:
+            self.store.release(self.id, extra)
+        return len(claims) - len(extra)
 
-    def _submit(self, claim: Claim) -> None:
-        if self._broken:
-            self.store.release(self.id, [claim.id])
-            return
+    def _chunk_size(self) -> int:
+        """How many small tasks one message may carry: CHUNK_SECONDS of them at their recent pace."""
+        if self._task_seconds is None:
+            return 1
+        return max(1, min(CHUNK, int(CHUNK_SECONDS / max(self._task_seconds, 1e-6))))
+
+    def _pipeline(self, claim: Claim) -> Pipeline | None:
         try:
-            pipeline = parse_pipeline(claim.pipeline)
+            return parse_pipeline(claim.pipeline)
         except PixmillError as exc:
             self.store.fail(self.id, claim.id, exc.message)
+            return None
+
+    def _submit(self, chunk: list[tuple[Claim, Pipeline]]) -> None:
+        ids = [claim.id for claim, _ in chunk]
+        if self._broken:
+            self.store.release(self.id, ids)
             return
+        options = {"max_pixels": self.settings.max_pixels, "task": self.task,
+                   "inline_bytes": self.store.settings.inline_bytes}
         try:  # the worker reads the input and writes the result itself: only keys pass through here
-            future = self.pool.submit(run_stored, self.blobs, claim.input_blob, pipeline, claim.output,
-                                      max_pixels=self.settings.max_pixels, task=self.task, data=claim.input_data,
-                                      inline_bytes=self.store.settings.inline_bytes)
-        except BrokenExecutor:  # the pool died before we noticed: this task never ran
-            self.store.release(self.id, [claim.id])
+            if len(chunk) == 1:
+                [(claim, pipeline)] = chunk
+                future = self.pool.submit(run_stored, self.blobs, claim.input_blob, pipeline, claim.output,
+                                          data=claim.input_data, **options)
+            else:
+                future = self.pool.submit(run_many, self.blobs, [(c.input_blob, p, c.output, c.input_data)
+                                                                 for c, p in chunk], **options)
+        except BrokenExecutor:  # the pool died before we noticed: these tasks never ran
+            self.store.release(self.id, ids)
             self._broken = True
             return
-        self.flights[claim.id] = Flight(claim, future)
+        now = time.monotonic()
+        for i, (claim, _) in enumerate(chunk):
+            index = None if len(chunk) == 1 else i
+            self.flights[claim.id] = Flight(claim, future, index=index, size=len(chunk), submitted=now)
+            if claim.suspect:
+                log.info("task %s/%d (%s) was in flight when a pool died; running it alone",
+                         claim.job_id, claim.n, claim.name)
         future.add_done_callback(self.bell.ring)
-        if claim.suspect:
-            log.info("task %s/%d (%s) was in flight when a pool died; running it alone",
-                     claim.job_id, claim.n, claim.name)
 
     def _record_done(self) -> list[int]:
         """Record every finished flight; return the ids lost to a broken pool (empty if none)."""
         broken: list[int] = []
+        now = time.monotonic()
         for task_id, flight in list(self.flights.items()):
             if not flight.future.done():
                 continue
+            took = (now - (flight.running_since or flight.submitted)) / flight.size   # an upper bound
+            self._task_seconds = took if self._task_seconds is None else 0.8 * self._task_seconds + 0.2 * took
             try:
-                result = flight.future.result()
+                result = flight.outcome()
             except BrokenExecutor:
                 broken.append(task_id)
                 continue
@@ -231,11 +288,14 @@ class Dispatcher:
         for flight in self.flights.values():
             if flight.running_since is None and flight.future.running():
                 flight.running_since, flight.started_at = now, time.time()
-            if flight.running_since is not None and now - flight.running_since > self.settings.task_timeout:
+            if flight.running_since is not None and \
+                    now - flight.running_since > self.settings.task_timeout * flight.size:
                 return flight
         return None
 
     def _end_runaway(self, flight: Flight) -> str | None:
+        if flight.size > 1:
+            return self._end_runaway_chunk(flight)
         claim = flight.claim
         log.warning("task %s/%d (%s) ran past %g s; ending the pool", claim.job_id, claim.n, claim.name,
                     self.settings.task_timeout)
@@ -246,6 +306,22 @@ class Dispatcher:
         self.flights.clear()
         if not isinstance(self.pool, ProcessPoolExecutor):
             return RESTART  # ending an MPI worker ends this process too: let the supervisor restart it
+        self._end_pool(kill=True)
+        self.pool = self.make_pool()
+        return None
+
+    def _end_runaway_chunk(self, flight: Flight) -> str | None:
+        """A chunk ran past its time: which of its images is to blame is unknown, so each of them runs again
+        alone (a suspect), uncounted, where the one that runs away fails by itself."""
+        log.warning("a chunk of %d tasks ran past %g s each; ending the pool, its tasks run again alone",
+                    flight.size, self.settings.task_timeout)
+        self._record_done()  # keep what already finished
+        chunk = [i for i, f in self.flights.items() if f.future is flight.future]
+        self.store.isolate(self.id, chunk)
+        self.store.release(self.id, [i for i in self.flights if i not in chunk])
+        self.flights.clear()
+        if not isinstance(self.pool, ProcessPoolExecutor):
+            return RESTART
         self._end_pool(kill=True)
         self.pool = self.make_pool()
         return None
@@ -287,10 +363,11 @@ class Dispatcher:
                 self._beating_since = now
             self._dropped = [f for f in self._dropped if not f.done()]
             for task_id in [i for i in self.flights if i not in held]:
-                future = self.flights.pop(task_id).future  # its job was cancelled or deleted
-                if not future.cancel():
-                    future.add_done_callback(self._discard)
-                    self._dropped.append(future)
+                flight = self.flights.pop(task_id)  # its job was cancelled or deleted
+                shared = any(f.future is flight.future for f in self.flights.values())   # a chunk goes on
+                if shared or not flight.future.cancel():
+                    flight.future.add_done_callback(partial(self._discard, index=flight.index))
+                    self._dropped.append(flight.future)
         if self._is_due("expired", now, self.settings.lease_seconds / 2):
             self.store.requeue_expired()
         # Another node's silence means it died only if this one has been beating all along: after an
@@ -305,10 +382,11 @@ class Dispatcher:
         if self._is_due("purge", now, PURGE_EVERY):
             self.store.purge_expired()
 
-    def _discard(self, future: Future) -> None:
-        """Delete the staged result of a task that is no longer ours (it will never be recorded)."""
+    def _discard(self, future: Future, index: int | None = None) -> None:
+        """Delete the staged result of a task that is no longer ours (it will never be recorded); index: its
+        place in a chunk's outcomes."""
         try:
-            result = future.result()
+            result = future.result() if index is None else future.result()[index]
             if isinstance(result, StoredResult):
                 self.store.blobs.discard(result.staged)
         except Exception:  # it failed, or the pool broke: nothing was staged, or purge finds it later

@@ -20,7 +20,7 @@ from ..imaging.process import Output, Result, process
 from ..store.blobs import open_blobs
 from ..store.taskqueue import StoredResult
 
-__all__ = ["StoredResult", "run_stored"]
+__all__ = ["StoredResult", "run_stored", "run_many"]
 
 _backends: dict[str, Any] = {}    # one blob backend per location in each worker process (boto3 clients are costly)
 
@@ -43,3 +43,17 @@ def run_stored(location: str, input_key: str, pipeline: Pipeline, output: Output
     except PixmillError as exc:                  # the disk is full: the task fails, saying so
         raise PixmillError(f"could not store the result: {exc.message}") from None
     return StoredResult(staged, result.format, result.width, result.height, tuple(result.notes))
+
+
+def run_many(location: str, tasks: list[tuple[str, Pipeline, Output, bytes | None]], *, max_pixels: int,
+             task: Callable[..., Result] = process, inline_bytes: int = 0) -> list[StoredResult | Result | Exception]:
+    """run_stored for several tasks (input key, pipeline, output, inline input) handed over in one message:
+    each task's result, or the error it ended with, in order (one bad image never fails the others)."""
+    outcomes: list[StoredResult | Result | Exception] = []
+    for key, pipeline, output, data in tasks:
+        try:
+            outcomes.append(run_stored(location, key, pipeline, output, max_pixels=max_pixels, task=task,
+                                       data=data, inline_bytes=inline_bytes))
+        except Exception as exc:  # noqa: BLE001 - returned, and raised for its own task by the dispatcher
+            outcomes.append(exc)
+    return outcomes
