@@ -98,6 +98,7 @@ class _Reader:
         self._finish()
 
     def _read(self) -> bytes:
+        self._offer(waiting=True)
         chunk = self.stream.read(CHUNK)
         self.received += len(chunk)
         if self.received > self.settings.max_request_bytes:
@@ -161,8 +162,10 @@ class _Reader:
         self.files.append((name, blob, getattr(info, "format", None) or fmt))
         self._offer()
 
-    def _offer(self) -> None:
-        """Hand the job the tasks whose file and pipeline are both known, if the form is sound so far."""
+    def _offer(self, *, waiting: bool = False) -> None:
+        """Hand the job the tasks whose file and pipeline are both known, if the form is sound so far: the
+        first at once, the others when the reader is about to wait for more of the body (waiting), so that
+        small files parsed from one read start in one transaction."""
         if self.job is None or (self.length is not None and self.received >= self.length):
             return  # the whole body is in: what is left of it is parsed at once, and finish() records the rest
         pipelines, operations = self.fields.get("pipeline", []), self.fields.get("operations", [])
@@ -171,6 +174,8 @@ class _Reader:
         ready = len(self.files) if pipelines else min(len(self.files), len(operations))
         if ready <= self.job.started:
             return
+        if self.job.started and not waiting:
+            return  # more may be parsed from the bytes at hand: hand them over together, before the next read
         try:
             self.job.offer(self._tasks(ready), self._output())
         except PixmillError:
