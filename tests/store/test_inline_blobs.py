@@ -118,3 +118,25 @@ def test_tiny_images_through_the_service_leave_no_file_and_answer_as_files_do(st
         assert client.get(path_of(task["source_url"])).data == data
     archive = zipfile.ZipFile(io.BytesIO(client.get(path_of(job["archive_url"])).data))
     assert len(archive.namelist()) == 2
+
+
+def test_small_uploads_are_stored_with_their_tasks_or_not_at_all(store: Store, settings: Settings):
+    client = make_client(create_app(settings, store))
+    tiny = [process((REAL / "sk_camera.png").read_bytes(), parse_pipeline(f"resize(width={w})"), Output("png")).data
+            for w in (8, 9, 10)]
+    rows = lambda: store.database.connection().execute("SELECT COUNT(*) FROM blobs").fetchone()[0]  # noqa: E731
+
+    def form(**fields):
+        return {"pipeline": "flip", "files": [(io.BytesIO(d), f"{i}.png") for i, d in enumerate(tiny)], **fields}
+
+    refused = post_job(client, form(format="bogus"))
+    assert refused.status_code == 400 and rows() == 0
+    small = replace(settings, quota_bytes=sum(map(len, tiny)) - 1)
+    with Store.open(small) as tight:
+        full = post_job(make_client(create_app(small, tight)),
+                        form())
+    assert full.status_code == 507 and full.get_json()["error"] == "storage_full" and rows() == 0
+    accepted = post_job(client, form())
+    assert accepted.status_code == 202 and rows() == 3 and files_and_objects(store) == set()
+    job = store.get_job(accepted.get_json()["id"])
+    assert [store.read_blob(t.input_blob) for t in job.tasks] == tiny

@@ -92,6 +92,10 @@ class BlobStore:
         return self.database.connection().execute("SELECT 1 FROM blobs WHERE key = ?", (key,)).fetchone() is not None
 
     def _full(self, used: int) -> StorageFull:
-        quota = self.settings.quota_bytes
-        return StorageFull(f"the storage quota is full ({format_bytes(used)} of {format_bytes(quota)} used); "
-                           "new jobs are refused until old ones expire or are deleted")
+        return storage_full(used, self.settings.quota_bytes)
+
+
+def storage_full(used: int, quota: int) -> StorageFull:
+    """The refusal of a blob that the quota has no room for."""
+    return StorageFull(f"the storage quota is full ({format_bytes(used)} of {format_bytes(quota)} used); "
+                       "new jobs are refused until old ones expire or are deleted")

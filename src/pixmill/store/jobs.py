@@ -16,6 +16,7 @@ from ..errors import InvalidRequest, NotFound
 from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output
 from .blobs import BlobFolder
+from .blobstore import storage_full
 from .database import Database
 from .schema import select_in
 from .webhooks import NewWebhook, Webhooks, WebhookView
@@ -95,12 +96,14 @@ class JobView:
 
 @dataclass(frozen=True)
 class NewTask:
-    """A task to create: the client's file name (display text), its pipeline and its input blob."""
+    """A task to create: the client's file name (display text), its pipeline and its input blob; with data,
+    a small input not stored yet, whose row (PIXMILL_INLINE_BYTES) the task's own transaction inserts."""
 
     name: str
     pipeline: Pipeline
     blob: str
     source_format: str | None = None
+    data: bytes | None = field(default=None, repr=False)
 
 
 def output_to_json(output: Output) -> str:
@@ -268,6 +271,7 @@ class Jobs:
     def insert_tasks(self, db: sqlite3.Connection, job_id: str, tasks: list[NewTask], start: int) -> None:
         """Insert queued tasks numbered from start, after checking that their input blobs are stored.
         Runs inside the caller's write transaction (db), so the job and its tasks appear together."""
+        self._insert_inputs(db, [t for t in tasks if t.data is not None])
         keys = [t.blob for t in tasks]
         known = {r[0] for r in select_in(db, "SELECT key FROM blobs WHERE key IN ({})", keys)}
         missing = [k for k in keys if k not in known]
@@ -278,6 +282,17 @@ class Jobs:
             "INSERT INTO tasks (job_id, n, name, pipeline, state, created_at, input_blob, source_format) "
             "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
             [(job_id, start + i, t.name, t.pipeline.text(), now, t.blob, t.source_format) for i, t in enumerate(tasks)])
+
+    def _insert_inputs(self, db: sqlite3.Connection, tasks: list[NewTask]) -> None:
+        # Small inputs become rows here, under the quota, in the transaction that records their tasks.
+        if not tasks:
+            return
+        used = db.execute(f"SELECT bytes FROM usage{self.database.lock_rows}").fetchone()[0]
+        if used + sum(len(t.data) for t in tasks) > self.settings.quota_bytes:
+            raise storage_full(used, self.settings.quota_bytes)
+        now = time.time()
+        db.executemany("INSERT INTO blobs (key, size, created_at, data) VALUES (?, ?, ?, ?)",
+                       [(t.blob, len(t.data), now, t.data) for t in tasks])
 
     def delete_rows(self, db: sqlite3.Connection, ids: list[str]) -> list[str]:
         """Delete these jobs' rows, their tasks' and their blobs' inside the caller's write transaction (db);

@@ -22,7 +22,7 @@ from ..imaging.pipeline import Pipeline, parse_pipeline
 from ..imaging.process import COLOR_MODES, NEGOTIABLE_FORMATS, OUTPUT_FORMATS, Output
 from ..limits import format_bytes
 from ..store import NewTask, Store
-from ..store.blobs import Prefixed
+from ..store.blobs import Prefixed, new_key
 from . import multipart
 from .jobstart import JobStart
 
@@ -82,7 +82,7 @@ class _Reader:
         self.stream, self.settings, self.store, self.upload, self.strict = stream, settings, store, upload, strict
         self.boundary, self.job, self.length, self.accept = boundary, job, length, accept
         self.received = 0
-        self.files: list[tuple[str, str, str]] = []         # (name, blob, format)
+        self.files: list[tuple[str, str, str, bytes | None]] = []   # (name, blob, format, bytes of a small one)
         self.fields: dict[str, list[str]] = {}
         self._shared: Pipeline | None = None                 # the parsed `pipeline` field
         self._pipelines: dict[int, Pipeline] = {}            # parsed `operations`, by file number
@@ -148,6 +148,10 @@ class _Reader:
         limit = self.settings.max_file_bytes
         if len(head) > limit:
             raise ImageTooLarge(f"{name}: the file is over the {format_bytes(limit)} per-file limit")
+        if part.exhausted and len(head) <= self.settings.inline_bytes:
+            # A small file whole in its head: its row goes in with its task, in that task's transaction.
+            self.files.append((name, new_key(), getattr(info, "format", None) or fmt, head))
+            return
         try:
             blob = self.store.put_blob(Prefixed(head, part), max_bytes=limit)
         except ImageTooLarge:
@@ -159,7 +163,7 @@ class _Reader:
                 info = codec.probe(self.store.read_blob(blob), max_pixels=self.settings.max_pixels)
             except PixmillError as exc:
                 raise _named(name, exc) from None
-        self.files.append((name, blob, getattr(info, "format", None) or fmt))
+        self.files.append((name, blob, getattr(info, "format", None) or fmt, None))
         self._offer()
 
     def _offer(self, *, waiting: bool = False) -> None:
@@ -208,11 +212,11 @@ class _Reader:
         if pipelines and self._shared is None:
             self._shared = _parse("pipeline", pipelines[0])
         tasks = []
-        for n, (name, blob, fmt) in enumerate(self.files[:count]):
+        for n, (name, blob, fmt, data) in enumerate(self.files[:count]):
             if not pipelines and n not in self._pipelines:
                 self._pipelines[n] = _parse(name, operations[n])
             pipeline = self._shared if pipelines else self._pipelines[n]
-            tasks.append(NewTask(name=name, pipeline=pipeline, blob=blob, source_format=fmt))
+            tasks.append(NewTask(name=name, pipeline=pipeline, blob=blob, source_format=fmt, data=data))
         return tasks
 
     def _output(self) -> Output:
