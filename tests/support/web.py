@@ -35,10 +35,12 @@ def make_client(app):
 
 
 @contextmanager
-def dispatcher(store: Store, settings: Settings):
-    """The real dispatcher on a local pool of one worker, in a thread, for the duration of the block."""
+def dispatcher(store: Store, settings: Settings, *, workers: int = 1, make_pool=None, **options):
+    """The real dispatcher on a local pool (of one worker, unless told), in a thread, for the duration of the
+    block; options go to Dispatcher (task=, drain_seconds=)."""
     stop = threading.Event()
-    worker = Dispatcher(store, settings, lambda: make_executor("local", 1), workers=1, engine="local")
+    worker = Dispatcher(store, settings, make_pool or (lambda: make_executor("local", workers)), workers=workers,
+                        engine="local", **options)
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     try:

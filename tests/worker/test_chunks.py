@@ -4,9 +4,7 @@ local pool in a thread of the test, on both backends."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -19,9 +17,10 @@ from pixmill.config import Settings
 from pixmill.imaging.pipeline import parse_pipeline
 from pixmill.imaging.process import Output, process
 from pixmill.store import NewTask, Store, TaskState
-from pixmill.worker.dispatcher import CHUNK, Dispatcher
+from pixmill.worker.dispatcher import CHUNK
 from pixmill.worker.engine import make_executor
 from support.jobs_tasks import HANG, make_png, misbehaving_process
+from support.web import dispatcher
 
 pytestmark = [pytest.mark.both_backends, pytest.mark.timeout(120)]
 
@@ -48,18 +47,8 @@ class Counting(Executor):
         self.inner.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-@contextlib.contextmanager
 def dispatching(store: Store, settings: Settings, make_pool: Callable[[], Executor], task: Callable = process):
-    stop = threading.Event()
-    dispatcher = Dispatcher(store, settings, make_pool, workers=2, engine="local", task=task, drain_seconds=5.0)
-    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield dispatcher
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        assert not thread.is_alive()
+    return dispatcher(store, settings, workers=2, make_pool=make_pool, task=task, drain_seconds=5.0)
 
 
 def wait_ended(store: Store, job_id: str, timeout: float = 90.0):

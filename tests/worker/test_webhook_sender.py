@@ -134,23 +134,24 @@ def ended_job(store: Store, url: str, count: int = 2) -> str:
     return job.id
 
 
-def run_sender(sender: WebhookSender, done, timeout: float = 20.0) -> None:
+def run_sender(store: Store, settings: Settings, done, *, threads: int = 4, timeout: float = 20.0) -> None:
+    """A sender polling as a dispatcher does until done(), then closed."""
+    sender = WebhookSender(store, settings, "sender-1", threads=threads)
     deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "the sender did not get there in time"
-        sender.poll()
-        time.sleep(0.05)
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "the sender did not get there in time"
+            sender.poll()
+            time.sleep(0.05)
+    finally:
+        sender.close()
 
 
 @pytest.mark.both_backends
 def test_the_sender_posts_the_jobs_json_and_retries_a_500(store: Store, settings: Settings):
     with receiving([500, 200]) as receiver:
         job_id = ended_job(store, receiver.url)
-        sender = WebhookSender(store, settings, "sender-1")
-        try:
-            run_sender(sender, lambda: store.get_job(job_id).webhook.state is WebhookState.DELIVERED)
-        finally:
-            sender.close()
+        run_sender(store, settings, lambda: store.get_job(job_id).webhook.state is WebhookState.DELIVERED)
         first, second = receiver.wait_for(2, 5)
     assert len(receiver.received) == 2 and all(r.signed_by(SECRET) for r in receiver.received)
     assert second.at - first.at >= 0.2                                        # its back-off
@@ -170,11 +171,7 @@ def test_the_sender_posts_the_jobs_json_and_retries_a_500(store: Store, settings
 def test_the_sender_gives_up_after_the_last_attempt(store: Store, settings: Settings):
     with receiving([503]) as receiver:
         job_id = ended_job(store, receiver.url, count=1)
-        sender = WebhookSender(store, settings, "sender-1")
-        try:
-            run_sender(sender, lambda: store.get_job(job_id).webhook.state is WebhookState.FAILED)
-        finally:
-            sender.close()
+        run_sender(store, settings, lambda: store.get_job(job_id).webhook.state is WebhookState.FAILED)
     hook = store.get_job(job_id).webhook
     assert len(receiver.received) == 3 and hook.attempts == 3 and hook.last_error == "HTTP 503"
 
@@ -182,11 +179,7 @@ def test_the_sender_gives_up_after_the_last_attempt(store: Store, settings: Sett
 def test_the_sender_records_a_refusal(store: Store, settings: Settings, dns: dict[str, list[str]]):
     dns["hooks.internal.test"] = ["192.168.0.10"]
     job_id = ended_job(store, "http://hooks.internal.test/hook", count=1)
-    sender = WebhookSender(store, settings, "sender-1")
-    try:
-        run_sender(sender, lambda: store.get_job(job_id).webhook.state is WebhookState.REFUSED)
-    finally:
-        sender.close()
+    run_sender(store, settings, lambda: store.get_job(job_id).webhook.state is WebhookState.REFUSED)
     hook = store.get_job(job_id).webhook
     assert hook.attempts == 1 and "192.168.0.10 is a private address" in hook.last_error
 
@@ -207,10 +200,6 @@ def test_a_job_deleted_before_its_delivery_sends_nothing(store: Store, settings:
 def test_many_deliveries_go_out_in_parallel(store: Store, settings: Settings):
     with receiving([200], delay=0.5) as receiver:
         jobs = [ended_job(store, receiver.url, count=1) for _ in range(4)]
-        sender = WebhookSender(store, settings, "sender-1", threads=4)
-        try:
-            run_sender(sender, lambda: all(store.get_job(j).webhook.state is WebhookState.DELIVERED for j in jobs))
-        finally:
-            sender.close()
+        run_sender(store, settings, lambda: all(store.get_job(j).webhook.state is WebhookState.DELIVERED for j in jobs))
     assert sorted(r.json["job"]["id"] for r in receiver.received) == sorted(jobs)
     assert receiver.most_at_once >= 2      # not one after another behind a slow receiver
