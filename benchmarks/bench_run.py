@@ -12,6 +12,7 @@ Usage: python benchmarks/bench_run.py [--images 40] [--engine mpi|local] [--roun
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing
 import os
 import subprocess
@@ -22,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, opencv_threads, timed, write_photos  # noqa: E402
@@ -47,14 +49,61 @@ def _loop_in_child(paths: list[Path], out: Path, barrier) -> float:
     return timed(lambda: baseline(paths, out))
 
 
-def concurrent_loops(paths: list[Path], tmp: Path, copies: int) -> float:
-    """Seconds for `copies` one-thread loops in as many processes, all at once: the machine's ceiling."""
+def concurrent_loops(paths: list[Path], tmp: Path, copies: int, *, split: bool = False) -> float:
+    """Seconds for `copies` one-thread loops in as many processes, all at once: the machine's ceiling.
+    Each loop goes over every path, or (split) over its share of them."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ProcessPoolExecutor(copies, mp_context=ctx) as pool:
         barrier = manager.Barrier(copies)
         list(pool.map(abs, range(copies)))  # the processes are up
-        futures = [pool.submit(_loop_in_child, paths, tmp / f"par{i}", barrier) for i in range(copies)]
+        futures = [pool.submit(_loop_in_child, paths[i::copies] if split else paths, tmp / f"par{i}", barrier)
+                   for i in range(copies)]
         return max(f.result(timeout=600) for f in futures)
+
+
+def _command_cpu(cmd: list[str]) -> tuple[float, dict[str, float]]:
+    """Run cmd; its wall seconds, and the CPU seconds of the command's own process and of its MPI workers
+    (sampled every 20 ms while it runs, so the last moments of each process are missed)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment())
+    seen: dict[int, tuple[str, float]] = {}
+    root = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                role = ("command" if p.pid == proc.pid else
+                        "workers" if "mpi4py.futures.server" in " ".join(p.cmdline()) else "mpiexec")
+                seen[p.pid] = (role, sum(p.cpu_times()[:2]))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {err.decode()[-2000:]}")
+    cpu: dict[str, float] = collections.Counter()
+    for role, used in seen.values():
+        cpu[role] += used
+    return seconds, dict(cpu)
+
+
+def whole_command(paths: list[Path], tmp: Path, workers: int, *, rounds: int = 3) -> dict:
+    """The whole `pixmill run` command (interpreter, MPI spawn and all) over paths on `workers` MPI workers,
+    against `workers` one-thread loops at once, each over its share: best of interleaved rounds."""
+    cmd = [sys.executable, "-m", "pixmill", "run", str(paths[0].parent), "-p", "blur", "-o", str(tmp / "whole"),
+           "--engine", "mpi", "-w", str(workers)]
+    best = {"command": float("inf"), "ceiling": float("inf")}
+    cpu: dict[str, float] = {}
+    for _ in range(rounds):
+        best["ceiling"] = min(best["ceiling"], concurrent_loops(paths, tmp, workers, split=True))
+        seconds, used = _command_cpu(cmd)
+        if seconds < best["command"]:
+            best["command"], cpu = seconds, used
+    n = len(paths)
+    return {"images": n, "workers": workers, "rounds": rounds, "command_seconds": best["command"],
+            "ceiling_seconds": best["ceiling"], "ratio": best["ceiling"] / best["command"],
+            "cpu_ms_per_image": {k: 1000 * v / n for k, v in cpu.items()}}
 
 
 def measure(paths: list[Path], tmp: Path, counts: list[int], *, rounds: int = 5, engine: str = "mpi",

@@ -145,6 +145,17 @@ def test_a_failing_file_is_reported_with_its_message_and_the_others_succeed(inpu
     assert len(list((tmp_path / "out").iterdir())) == len(IMAGES)       # nothing half-written for the failures
 
 
+def test_a_result_that_cannot_be_written_fails_its_file_alone(inputs: Path, tmp_path: Path, executor: Executor):
+    sources = collect_inputs([inputs])
+    out = tmp_path / "out"
+    blocked = plan_targets(sources, out, PIPELINE, Output())[0]
+    (out / (blocked.name + ".part")).mkdir(parents=True)   # the worker's partial file cannot be created
+    report = run_batch(sources, PIPELINE, Output(), out, executor, workers=2, **LIMITS)
+    [failed] = report.failed
+    assert failed.source == sources[0] and "directory" in failed.error, failed.error
+    assert len(report.succeeded) == len(sources) - 1 and not blocked.exists()
+
+
 def test_an_over_limit_file_is_refused_naming_the_limit(inputs: Path, tmp_path: Path):
     sources = collect_inputs([inputs])
     limit = 100 * 1024
@@ -174,7 +185,7 @@ class CrashingPool(Executor):
         self.pool = pool
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        return self.pool.submit(misbehaving_process, *args, **kwargs)
+        return self.pool.submit(fn, *args, **kwargs, task=misbehaving_process)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.pool.shutdown(wait, cancel_futures=cancel_futures)

@@ -21,11 +21,11 @@ from ..errors import PixmillError
 from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output
 from ..limits import read_limited
-from ..store import JOB_ENDED, JobState, JobView, Store
 from . import options
 
 if TYPE_CHECKING:
     from ..client import Client
+    from ..store import JobView, Store
 
 __all__ = ["submit", "status"]
 
@@ -55,7 +55,7 @@ def submit(sources: list[Path], pipeline: Pipeline, fmt: str, quality: int, colo
            timeout: float | None, out_dir: Path | None, webhook_url: str | None) -> None:
     """Queue a job of image files (or directories of them) for the workers; print its id."""
     from ..imaging import codec
-    from ..store import NewTask
+    from ..store import JobState, NewTask, Store  # the store is loaded by the commands that use it
 
     if server is not None:
         _submit_remote(server, token, sources, pipeline, Output(fmt, quality, color_mode), wait_ or out_dir is not None,
@@ -113,6 +113,8 @@ def status(job_id: str, data_dir: Path | None, database_url: str | None, blob_ur
             job = _api(lambda: client.job(job_id))
         click.echo(json.dumps(job.data, indent=2) if as_json else _status_lines(job.data))
         return
+    from ..store import Store
+
     with Store.open(load_settings(data_dir=data_dir, database_url=database_url, blob_url=blob_url)) as store:
         try:
             job = store.get_job(job_id)
@@ -125,6 +127,8 @@ def status(job_id: str, data_dir: Path | None, database_url: str | None, blob_ur
 
 
 def _wait_for(store: Store, job_id: str, timeout: float | None) -> JobView:
+    from ..store import JOB_ENDED
+
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         job = store.get_job(job_id)

@@ -17,12 +17,11 @@ import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import cv2
 import numpy as np
-import pillow_heif
 import simplejpeg
-import tifffile
 from PIL import AvifImagePlugin, Image, UnidentifiedImageError
 
 from ..errors import CorruptImage, ImageTooLarge, ProcessingFailed, UnsupportedFormat
@@ -275,17 +274,31 @@ def encode(image: np.ndarray, fmt: str, *, quality: int = 90,
     return data, notes
 
 
+_HEIF_THREADS = [1]
+
+
 def set_threads(threads: int) -> None:
     """Let OpenCV and the HEIC and AVIF codecs use this many threads in this process."""
     cv2.setNumThreads(threads)
-    pillow_heif.options.DECODE_THREADS = max(1, threads)
+    _HEIF_THREADS[0] = max(1, threads)
     AvifImagePlugin.DEFAULT_MAX_THREADS = max(1, threads)
+
+
+def _pillow_heif() -> ModuleType:
+    """pillow-heif, imported by the first HEIC or AVIF (not by every process that starts), with the
+    thread count of set_threads."""
+    import pillow_heif
+
+    pillow_heif.options.DECODE_THREADS = _HEIF_THREADS[0]
+    return pillow_heif
 
 
 def _encode_tiff(image: np.ndarray, icc: bytes) -> bytes:
     """TIFF with a profile, through tifffile (OpenCV's writer has no ICC tag): deflate, unassociated alpha."""
     colour = image.ndim == 3
     pixels = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB) if colour else image
+    import tifffile  # only TIFF with a profile needs it: not imported by every process that starts
+
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels, photometric="rgb" if colour else "minisblack", compression="zlib",
                      extrasamples=("unassalpha",) if colour and image.shape[2] == 4 else None,
@@ -343,7 +356,7 @@ def _check_heif_boxes(data: bytes, fmt: str, max_pixels: int) -> containers.Heif
 
 def _probe_heic(data: bytes, header: containers.HeifHeader) -> ImageInfo:
     try:
-        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, bgr_mode=True)
+        heif = _pillow_heif().open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, bgr_mode=True)
         width, height = heif.size
         mode, depth, icc = heif.mode, heif.info.get("bit_depth", 8), heif.info.get("icc_profile")
         images = len(heif)
@@ -444,7 +457,7 @@ def _decode_opencv(data: bytes, label: str) -> np.ndarray:
 
 def _decode_heic(data: bytes, info: ImageInfo) -> np.ndarray:
     try:
-        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, bgr_mode=True)
+        heif = _pillow_heif().open_heif(io.BytesIO(data), convert_hdr_to_8bit=False, bgr_mode=True)
         image = np.asarray(heif)
     except MemoryError:
         raise ImageTooLarge("the image needs more memory to decode than is allowed") from None

@@ -17,7 +17,7 @@ import dataclasses
 import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..config import Settings
 from ..imaging.process import Output, Result
@@ -26,10 +26,12 @@ from .blobstore import BlobStore
 from .database import Database
 from .jobs import ORPHAN_GRACE, Jobs, JobView, NewTask, TaskState, TaskView
 from .openjobs import OpenJobs
-from .postgres import PostgresDatabase, redact
 from .s3blobs import S3Blobs
 from .taskqueue import Claim, TaskQueue
 from .webhooks import Delivery, NewWebhook, WebhookState
+
+if TYPE_CHECKING:  # psycopg is imported only by a store that has a PostgreSQL URL
+    from .postgres import PostgresDatabase
 
 __all__ = ["TaskState", "TaskView", "JobView", "NewTask", "Store", "ORPHAN_GRACE", "describe_store", "blob_location"]
 
@@ -256,6 +258,8 @@ class Store:
 def _database(settings: Settings, *, open: bool) -> Database | PostgresDatabase:
     """PostgreSQL when settings name one, else the data dir's SQLite file; opened (and migrated) or not."""
     if settings.database_url:
+        from .postgres import PostgresDatabase
+
         return PostgresDatabase.open(settings.database_url) if open else PostgresDatabase(settings.database_url)
     return Database.open(settings.db_path) if open else Database(settings.db_path)
 
@@ -268,6 +272,8 @@ def blob_location(settings: Settings) -> str:
 def describe_store(settings: Settings) -> str:
     """Where the store keeps things, for a start-up line (a database URL without its password)."""
     if settings.database_url:
+        from .postgres import redact
+
         jobs = f"jobs in {redact(settings.database_url)}"
     else:
         jobs = f"jobs in {settings.db_path.resolve()}"

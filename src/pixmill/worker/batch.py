@@ -13,10 +13,10 @@ from pathlib import Path
 from ..errors import PixmillError
 from ..imaging import codec, containers
 from ..imaging.pipeline import Pipeline
-from ..imaging.process import Output, process
+from ..imaging.process import Output, Result, process
 from ..limits import read_limited
 
-__all__ = ["IMAGE_SUFFIXES", "Outcome", "BatchReport", "collect_inputs", "plan_targets", "run_batch"]
+__all__ = ["IMAGE_SUFFIXES", "Outcome", "BatchReport", "collect_inputs", "plan_targets", "process_file", "run_batch"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".mpo",
                   ".heic", ".heif", ".hif", ".avif"}
@@ -87,8 +87,9 @@ def run_batch(sources: list[Path], pipeline: Pipeline, output: Output, out_dir: 
     """Process every source on the executor, keeping a few tasks per worker in flight."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = deque(zip(sources, plan_targets(sources, out_dir, pipeline, output)))
-    running: dict[Future, tuple[Path, Path]] = {}
+    # Absolute targets: a worker may not share this process's working directory.
+    todo = deque(zip(sources, plan_targets(sources, out_dir.absolute(), pipeline, output)))
+    running: dict[Future, Path] = {}
     report = BatchReport()
 
     def finish(outcome: Outcome) -> None:
@@ -99,44 +100,48 @@ def run_batch(sources: list[Path], pipeline: Pipeline, output: Output, out_dir: 
         while todo and len(running) < 2 * workers:
             source, target = todo.popleft()
             try:
-                data = read_limited(source, max_file_bytes)
-            except (OSError, PixmillError) as exc:
-                finish(Outcome(source, error=_describe(exc)))
-                continue
-            try:
-                future = executor.submit(process, data, pipeline, output, max_pixels=max_pixels)
+                future = executor.submit(process_file, source, target, pipeline, output, max_pixels=max_pixels,
+                                         max_file_bytes=max_file_bytes)
             except BrokenExecutor:  # a worker died and took the pool with it: report what is left, run nothing
                 for left, _ in [(source, target), *todo]:
                     finish(Outcome(left, error=NOT_RUN))
                 todo.clear()
                 break
-            running[future] = (source, target)
+            running[future] = source
         if not running:
             continue
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
-            source, target = running.pop(future)
-            finish(_record(future, source, target))
+            finish(_record(future, running.pop(future)))
     report.outcomes.sort(key=lambda o: sources.index(o.source))
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _record(future: Future, source: Path, target: Path) -> Outcome:
-    try:
-        result = future.result()
-    except PixmillError as exc:
-        return Outcome(source, error=exc.message)
-    except BrokenProcessPool:
-        return Outcome(source, error="a worker process died while processing this image")
-    except Exception as exc:
-        return Outcome(source, error=f"{type(exc).__name__}: {exc}")
+def process_file(source: Path, target: Path, pipeline: Pipeline, output: Output, *, max_pixels: int,
+                 max_file_bytes: int, task: Callable[..., Result] = process) -> tuple[Path, tuple[str, ...]]:
+    """Read source, process it and write the result to target (its suffix corrected to the result's
+    format), in the worker: the images never pass through the process that hands out the work."""
+    data = read_limited(source, max_file_bytes)
+    result = task(data, pipeline, output, max_pixels=max_pixels)
     if target.suffix != "." + result.extension:  # the head of the file predicted another format
         target = target.with_suffix("." + result.extension)
     partial = target.with_name(target.name + ".part")
     partial.write_bytes(result.data)
     partial.replace(target)
-    return Outcome(source, target=target, notes=result.notes)
+    return target, result.notes
+
+
+def _record(future: Future, source: Path) -> Outcome:
+    try:
+        target, notes = future.result()
+    except (OSError, PixmillError) as exc:  # the input unreadable, or the result unwritable
+        return Outcome(source, error=_describe(exc))
+    except BrokenProcessPool:
+        return Outcome(source, error="a worker process died while processing this image")
+    except Exception as exc:
+        return Outcome(source, error=f"{type(exc).__name__}: {exc}")
+    return Outcome(source, target=target, notes=notes)
 
 
 def _predicted_format(path: Path) -> str:
