@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .registry import Param, operation
+from .registry import POINT, Param, Split, neighbourhood, operation, whole
 
 INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
                  "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
@@ -29,24 +29,28 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
            Param("high", "int", 200, "upper hysteresis threshold", min=0, max=1000),
            Param("aperture", "int", 3, "Sobel aperture size", min=3, max=7, odd=True),
            depth16=False, alpha="split",
-           check=lambda p: _require(p["low"] <= p["high"], "low must not be above high"))
+           check=lambda p: _require(p["low"] <= p["high"], "low must not be above high"),
+           split=whole("Canny's hysteresis follows each edge across the whole image"))
 def edge_detection(image: np.ndarray, *, low: int, high: int, aperture: int) -> np.ndarray:
     return cv2.Canny(image, low, high, apertureSize=aperture)
 
 
-@operation("color_inversion", "Invert every colour (a photographic negative); alpha is kept", alpha="split")
+@operation("color_inversion", "Invert every colour (a photographic negative); alpha is kept", alpha="split",
+           split=POINT)
 def color_inversion(image: np.ndarray) -> np.ndarray:
     return cv2.bitwise_not(image)
 
 
-@operation("grayscale", "Convert to gray (ITU-R BT.601 weights)", alpha="split")
+@operation("grayscale", "Convert to gray (ITU-R BT.601 weights)", alpha="split",
+           split=POINT)
 def grayscale(image: np.ndarray) -> np.ndarray:
     return to_gray(image)
 
 
 @operation("blur", "Gaussian blur",
            Param("ksize", "int", 5, "kernel size in pixels", min=1, max=99, odd=True),
-           Param("sigma", "float", 0.0, "standard deviation; 0 derives it from the kernel size", min=0, max=100))
+           Param("sigma", "float", 0.0, "standard deviation; 0 derives it from the kernel size", min=0, max=100),
+           split=neighbourhood(lambda p: p["ksize"] // 2))
 def blur(image: np.ndarray, *, ksize: int, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (ksize, ksize), sigma)
 
@@ -55,12 +59,22 @@ _THRESHOLD = {"binary": cv2.THRESH_BINARY, "binary_inv": cv2.THRESH_BINARY_INV, 
               "tozero": cv2.THRESH_TOZERO, "tozero_inv": cv2.THRESH_TOZERO_INV}
 
 
+def threshold_split(params: dict) -> Split:
+    """Plain thresholds look at each pixel; adaptive at its block; otsu and triangle at the whole histogram."""
+    if params["mode"] == "adaptive":
+        return Split("neighbourhood", params["block"] // 2)
+    if params["mode"] in ("otsu", "triangle"):
+        return Split("whole", reason=f"{params['mode']} mode needs the histogram of the whole image")
+    return POINT
+
+
 @operation("threshold", "Black and white at a threshold on the gray image",
            Param("value", "int", 127, "threshold (ignored by otsu, triangle and adaptive)", min=0, max=255),
            Param("mode", "choice", "binary", "how pixels are split",
                  choices=("binary", "binary_inv", "trunc", "tozero", "tozero_inv", "otsu", "triangle", "adaptive")),
            Param("block", "int", 11, "neighbourhood size for adaptive mode", min=3, max=99, odd=True),
-           depth16=False, alpha="split")
+           depth16=False, alpha="split",
+           split=threshold_split)
 def threshold(image: np.ndarray, *, value: int, mode: str, block: int) -> np.ndarray:
     gray = to_gray(image)
     if mode == "adaptive":
@@ -88,7 +102,8 @@ def resize_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            Param("height", "int", None, "target height in pixels", min=1, max=30000, nullable=True),
            Param("scale", "float", 0.5, "scale factor when no width or height is given", min=0.01, max=8),
            Param("interpolation", "choice", "linear", "resampling filter", choices=tuple(INTERPOLATION)),
-           size=resize_shape)
+           size=resize_shape,
+           split=whole("geometry is not split across workers yet"))
 def resize(image: np.ndarray, *, width: int | None, height: int | None, scale: float, interpolation: str) -> np.ndarray:
     flag = INTERPOLATION[interpolation]
     h, w = resize_shape(image.shape[0], image.shape[1], {"width": width, "height": height, "scale": scale})

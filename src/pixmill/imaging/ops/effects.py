@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 
 from .classic import to_bgr, to_gray
-from .registry import Param, operation
+from .registry import POINT, Param, neighbourhood, operation, whole
 from .tone import apply_curve, to_depth
 
 
 @operation("pixelate", "Pixelate: replace each block by its average colour",
-           Param("block", "int", 8, "block size in pixels", min=2, max=512))
+           Param("block", "int", 8, "block size in pixels", min=2, max=512),
+           split=neighbourhood(lambda p: p["block"] - 1, align=lambda p: p["block"]))
 def pixelate(image: np.ndarray, *, block: int) -> np.ndarray:
     height, width = image.shape[:2]
     rows, cols = -(-height // block), -(-width // block)
@@ -28,7 +29,8 @@ _SEPIA = np.array([[0.131, 0.534, 0.272], [0.168, 0.686, 0.349], [0.189, 0.769, 
 
 @operation("sepia", "Sepia tone, like an old photograph (gray images become colour)",
            Param("strength", "float", 1.0, "0 leaves the image unchanged, 1 is full sepia", min=0, max=1),
-           alpha="split")
+           alpha="split",
+           split=POINT)
 def sepia(image: np.ndarray, *, strength: float) -> np.ndarray:
     matrix = (1 - strength) * np.eye(3) + strength * _SEPIA
     return cv2.transform(to_bgr(image), matrix)
@@ -38,7 +40,8 @@ def sepia(image: np.ndarray, *, strength: float) -> np.ndarray:
            Param("strength", "float", 0.5, "how dark the corners get: 1 is black", min=0, max=1),
            Param("radius", "float", 1.0, "where the darkening is complete, as a fraction of the "
                  "centre-to-corner distance", min=0.2, max=3),
-           alpha="split")
+           alpha="split",
+           split=whole("its darkening depends on where each pixel lies in the whole image"))
 def vignette(image: np.ndarray, *, strength: float, radius: float) -> np.ndarray:
     height, width = image.shape[:2]
     # -1..1 from the first to the last pixel centre, so the corner pixels get the full strength
@@ -55,7 +58,8 @@ def vignette(image: np.ndarray, *, strength: float, radius: float) -> np.ndarray
            Param("levels", "int", 8, "colour levels per channel", min=2, max=32),
            Param("block", "int", 9, "neighbourhood for finding outlines; larger gives bolder lines",
                  min=3, max=51, odd=True),
-           depth16=False, alpha="split")
+           depth16=False, alpha="split",
+           split=neighbourhood(lambda p: max(2 + p["block"] // 2, 9 // 2)))
 def cartoon(image: np.ndarray, *, levels: int, block: int) -> np.ndarray:
     edges = cv2.adaptiveThreshold(cv2.medianBlur(to_gray(image), 5), 255, cv2.ADAPTIVE_THRESH_MEAN_C,
                                   cv2.THRESH_BINARY, block, 2)
@@ -70,7 +74,8 @@ _ORDERS = tuple("".join(p) for p in itertools.permutations("bgr"))
 @operation("channel_swap", "Reorder the colour channels (rgb swaps red and blue)",
            Param("order", "choice", "rgb", "which input channels become blue, green and red",
                  choices=_ORDERS),
-           alpha="split")
+           alpha="split",
+           split=POINT)
 def channel_swap(image: np.ndarray, *, order: str) -> np.ndarray:
     if image.ndim == 2:
         return image.copy()
@@ -85,6 +90,7 @@ _COLORMAPS = {"viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA, "inf
 
 @operation("colormap", "False colour: map the gray levels onto a colour scale",
            Param("name", "choice", "viridis", "colour scale", choices=tuple(_COLORMAPS)),
-           depth16=False, alpha="split")
+           depth16=False, alpha="split",
+           split=POINT)
 def colormap(image: np.ndarray, *, name: str) -> np.ndarray:
     return cv2.applyColorMap(to_gray(image), _COLORMAPS[name])

@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from .registry import Param, operation
+from .registry import Param, operation, whole
 
 _QUARTER_TURNS = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 _WARP = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
@@ -29,7 +29,8 @@ def rotate_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            Param("expand", "bool", True, "grow the canvas to fit the whole rotated image (else keep the size)"),
            Param("interpolation", "choice", "linear", "resampling filter for angles that are not quarter turns",
                  choices=tuple(_WARP)),
-           size=rotate_shape)
+           size=rotate_shape,
+           split=whole("geometry is not split across workers yet"))
 def rotate(image: np.ndarray, *, angle: float, expand: bool, interpolation: str) -> np.ndarray:
     turn = angle % 360
     if turn % 90 == 0:
@@ -49,7 +50,8 @@ _FLIP = {"horizontal": 1, "vertical": 0, "both": -1}
 
 @operation("flip", "Mirror the image left-right, top-bottom or both",
            Param("direction", "choice", "horizontal", "horizontal mirrors left-right, vertical top-bottom",
-                 choices=tuple(_FLIP)))
+                 choices=tuple(_FLIP)),
+           split=whole("geometry is not split across workers yet"))
 def flip(image: np.ndarray, *, direction: str) -> np.ndarray:
     return cv2.flip(image, _FLIP[direction])
 
@@ -69,7 +71,8 @@ def crop_shape(height: int, width: int, params: dict) -> tuple[int, int]:
                  nullable=True),
            Param("height", "int", None, "height in pixels (empty: to the bottom edge)", min=1, max=100_000,
                  nullable=True),
-           size=crop_shape)
+           size=crop_shape,
+           split=whole("geometry is not split across workers yet"))
 def crop(image: np.ndarray, *, x: int, y: int, width: int | None, height: int | None) -> np.ndarray:
     img_h, img_w = image.shape[:2]
     if x >= img_w or y >= img_h:
@@ -89,7 +92,8 @@ def thumbnail_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            "as the first step, a JPEG is decoded straight at a reduced scale",
            Param("width", "int", 256, "box width in pixels", min=1, max=30_000),
            Param("height", "int", 256, "box height in pixels", min=1, max=30_000),
-           size=thumbnail_shape, shrink_on_load=True)
+           size=thumbnail_shape, shrink_on_load=True,
+           split=whole("geometry is not split across workers yet"))
 def thumbnail(image: np.ndarray, *, width: int, height: int) -> np.ndarray:
     out_h, out_w = thumbnail_shape(image.shape[0], image.shape[1], {"width": width, "height": height})
     if (out_h, out_w) == image.shape[:2]:
@@ -111,7 +115,8 @@ def pad_shape(height: int, width: int, params: dict) -> tuple[int, int]:
            Param("mode", "choice", "constant", "constant fills with a gray level; the others repeat the image",
                  choices=tuple(_BORDER)),
            Param("fill", "int", 0, "gray level 0..255 of a constant border (opaque)", min=0, max=255),
-           size=pad_shape)
+           size=pad_shape,
+           split=whole("geometry is not split across workers yet"))
 def pad(image: np.ndarray, *, size: int, mode: str, fill: int) -> np.ndarray:
     top = np.iinfo(image.dtype).max
     level = fill * top // 255

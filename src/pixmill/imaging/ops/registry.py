@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Param", "Operation", "operation", "get_operation", "operations", "catalogue"]
+__all__ = ["Param", "Operation", "Split", "POINT", "neighbourhood", "whole", "operation", "get_operation",
+           "operations", "catalogue"]
 
 KINDS = ("int", "float", "choice", "bool")
 
@@ -96,6 +97,36 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Split:
+    """How an operation's work on one huge image divides into regions of rows, each done apart.
+
+    point: an output pixel depends on its input pixel alone. neighbourhood: on the input within `halo`
+    pixels of it, so a region read with that much context around it comes out exactly as the same rows
+    of the whole image (at the image's edges the region's edge is the image's, and OpenCV's borders
+    agree); the rows read then start and end at multiples of `align` (pixelate's blocks). whole: it
+    cannot be split exactly, and a huge image is refused with `reason`, never approximated."""
+
+    kind: str
+    halo: int = 0
+    align: int = 1
+    reason: str = ""
+
+
+POINT = Split("point")
+
+
+def neighbourhood(halo: Callable[[dict], int], align: Callable[[dict], int] = lambda p: 1
+                  ) -> Callable[[dict], Split]:
+    """The split of an operation that looks halo(params) pixels around each pixel."""
+    return lambda params: Split("neighbourhood", halo(params), align(params))
+
+
+def whole(reason: str) -> Callable[[dict], Split]:
+    """The split of an operation that needs the whole image at once, and why."""
+    return lambda params: Split("whole", reason=reason)
+
+
+@dataclass(frozen=True)
 class Operation:
     """An operation: a pure function of an image array and keyword parameters.
 
@@ -108,7 +139,8 @@ class Operation:
     the pipeline can refuse an output over the pixel limit before allocating it.  `shrink_on_load`
     marks an operation that only shrinks the image to `size` with INTER_AREA: as a pipeline's first
     step, a JPEG may then be decoded at 1/2, 1/4 or 1/8 scale (never below that size) and shrunk
-    the rest of the way, as thumbor, Pillow's thumbnail and libvips do.
+    the rest of the way, as thumbor, Pillow's thumbnail and libvips do.  `split` says, from the
+    parameters, how the work on one huge image divides into regions (Split).
     """
 
     name: str
@@ -121,6 +153,13 @@ class Operation:
     size: Callable[[int, int, dict], tuple[int, int]] | None = None
     family: str = ""
     shrink_on_load: bool = False
+    split: Callable[[dict], Split] | None = None
+
+    def split_for(self, params: dict) -> Split:
+        """How this operation, with these parameters (defaults filled in), divides into regions."""
+        if self.split is None:
+            return Split("whole", reason="it does not declare how it splits")
+        return self.split({**self.defaults(), **params})
 
     def param(self, name: str) -> Param | None:
         """The declared parameter called name, if there is one."""
@@ -152,7 +191,7 @@ _REGISTRY = _Registry()
 def operation(name: str, description: str, *params: Param, depth16: bool = True, alpha: str = "native",
               check: Callable[[dict], None] | None = None,
               size: Callable[[int, int, dict], tuple[int, int]] | None = None,
-              shrink_on_load: bool = False) -> Callable:
+              shrink_on_load: bool = False, split: Callable[[dict], Split] | Split | None = None) -> Callable:
     """Register the decorated function as the operation `name`."""
     if shrink_on_load and size is None:
         raise ValueError(f"operation {name!r}: shrink_on_load needs the output size function")
@@ -161,8 +200,9 @@ def operation(name: str, description: str, *params: Param, depth16: bool = True,
         if name in _REGISTRY.ops:
             raise ValueError(f"operation {name!r} is registered twice")
         family = func.__module__.rsplit(".", 1)[-1]
+        how = (lambda p: split) if isinstance(split, Split) else split
         _REGISTRY.ops[name] = Operation(name, func, description, tuple(params), depth16, alpha, check,
-                                         size, family, shrink_on_load)
+                                         size, family, shrink_on_load, how)
         return func
 
     return register

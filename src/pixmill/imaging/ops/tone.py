@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .classic import to_gray
-from .registry import Param, operation
+from .registry import POINT, Param, operation, whole
 
 
 def apply_curve(image: np.ndarray, curve: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -27,7 +27,8 @@ def to_depth(values: np.ndarray, dtype: np.dtype | type[np.integer]) -> np.ndarr
 @operation("brightness_contrast", "Adjust brightness and contrast",
            Param("brightness", "int", 10, "added light: -100 is black, 100 is white", min=-100, max=100),
            Param("contrast", "int", 10, "spread around mid-gray: -100 is flat gray, 100 is 4×", min=-100, max=100),
-           alpha="split")
+           alpha="split",
+           split=POINT)
 def brightness_contrast(image: np.ndarray, *, brightness: int, contrast: int) -> np.ndarray:
     factor = ((100 + contrast) / 100) ** 2
     return apply_curve(image, lambda x: (x - 0.5) * factor + 0.5 + brightness / 100)
@@ -35,7 +36,8 @@ def brightness_contrast(image: np.ndarray, *, brightness: int, contrast: int) ->
 
 @operation("gamma", "Gamma correction: above 1 brightens the mid-tones, below 1 darkens them",
            Param("gamma", "float", 1.5, "gamma; 1 leaves the image unchanged", min=0.1, max=5),
-           alpha="split")
+           alpha="split",
+           split=POINT)
 def gamma(image: np.ndarray, *, gamma: float) -> np.ndarray:
     return apply_curve(image, lambda x: x ** (1 / gamma))
 
@@ -43,7 +45,8 @@ def gamma(image: np.ndarray, *, gamma: float) -> np.ndarray:
 @operation("equalize", "Adaptive histogram equalization (CLAHE); colour images on the L channel of Lab",
            Param("clip_limit", "float", 2.0, "contrast limit per tile; higher is stronger", min=0.1, max=40),
            Param("tiles", "int", 8, "the image is split into tiles×tiles regions", min=1, max=32),
-           alpha="split")
+           alpha="split",
+           split=whole("CLAHE needs the histograms of its tiles across the whole image"))
 def equalize(image: np.ndarray, *, clip_limit: float, tiles: int) -> np.ndarray:
     clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
     if image.ndim == 2:
@@ -61,7 +64,8 @@ def equalize(image: np.ndarray, *, clip_limit: float, tiles: int) -> np.ndarray:
 
 @operation("posterize", "Reduce each channel to a few evenly spaced levels",
            Param("levels", "int", 4, "number of levels per channel", min=2, max=64),
-           alpha="split")
+           alpha="split",
+           split=POINT)
 def posterize(image: np.ndarray, *, levels: int) -> np.ndarray:
     return apply_curve(image, lambda x: np.minimum(np.floor(x * levels), levels - 1) / (levels - 1))
 
@@ -88,7 +92,8 @@ def _stretch_lut(low: int, high: int, dtype: np.dtype) -> np.ndarray:
            Param("mode", "choice", "luminance",
                  "luminance keeps the colours; per_channel also corrects a colour cast",
                  choices=("luminance", "per_channel")),
-           alpha="split")
+           alpha="split",
+           split=whole("it needs the histogram of the whole image"))
 def autocontrast(image: np.ndarray, *, cutoff: float, mode: str) -> np.ndarray:
     if mode == "luminance" or image.ndim == 2:
         return _stretch_lut(*stretch_bounds(to_gray(image), cutoff), image.dtype)[image]
@@ -99,7 +104,8 @@ def autocontrast(image: np.ndarray, *, cutoff: float, mode: str) -> np.ndarray:
 
 @operation("saturation", "Make colours more vivid (above 1) or duller (below 1; 0 is gray)",
            Param("factor", "float", 1.5, "saturation factor; 1 leaves the image unchanged", min=0, max=4),
-           alpha="split")
+           alpha="split",
+           split=POINT)
 def saturation(image: np.ndarray, *, factor: float) -> np.ndarray:
     if image.ndim == 2:
         return image.copy()
@@ -110,7 +116,8 @@ def saturation(image: np.ndarray, *, factor: float) -> np.ndarray:
 
 @operation("hue_shift", "Turn every hue around the colour wheel",
            Param("degrees", "float", 90.0, "angle on the colour wheel", min=-180, max=180),
-           alpha="split")
+           alpha="split",
+           split=POINT)
 def hue_shift(image: np.ndarray, *, degrees: float) -> np.ndarray:
     if image.ndim == 2:
         return image.copy()
