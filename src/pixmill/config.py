@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .limits import DEFAULT_MAX_PIXELS, GiB, MiB
+from .limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILED_FILE_BYTES, DEFAULT_MAX_TILED_PIXELS, GiB, MiB
 
 __all__ = ["Settings", "load_settings"]
 
@@ -26,6 +26,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     max_pixels: int = DEFAULT_MAX_PIXELS      # per image, read from the header before decoding
+    max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS  # a huge TIFF, over max_pixels, split across the workers
+    max_tiled_file_bytes: int = DEFAULT_MAX_TILED_FILE_BYTES  # per huge input file
     max_files: int = 100                      # per job
     max_file_bytes: int = 50 * MiB            # per uploaded file
     max_request_bytes: int = 500 * MiB        # per request

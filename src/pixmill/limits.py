@@ -7,10 +7,13 @@ from pathlib import Path
 
 from .errors import ImageTooLarge
 
-__all__ = ["DEFAULT_MAX_PIXELS", "KiB", "MiB", "GiB", "format_bytes", "read_limited"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_TILED_PIXELS", "DEFAULT_MAX_TILED_FILE_BYTES", "KiB", "MiB", "GiB",
+           "format_bytes", "read_limited"]
 
 DEFAULT_MAX_PIXELS = 100_000_000   # per image, read from the header before decoding
 KiB, MiB, GiB = 1024, 1024 ** 2, 1024 ** 3
+DEFAULT_MAX_TILED_PIXELS = 2_000_000_000   # a huge image (over DEFAULT_MAX_PIXELS), split across the workers
+DEFAULT_MAX_TILED_FILE_BYTES = 16 * GiB    # per huge input file: 2 GP of 16-bit RGBA is 16 GB uncompressed
 _UNITS = (("TiB", 1024 ** 4), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))
 
 

@@ -91,8 +91,10 @@ def test_halos_add_up_and_bands_keep_the_alignment():
     plan = plan_rows(parse_pipeline("blur(ksize=9) | median(ksize=5) | pixelate(block=6) | pixelate(block=4)"))
     assert (plan.halo, plan.align) == (4 + 2 + 5 + 3, 12)   # a block's mean reaches block - 1 rows away
     cut = bands(100, 30, plan)
-    assert [(b.start, b.stop) for b in cut] == [(0, 24), (24, 48), (48, 72), (72, 96), (96, 100)]
-    assert [(b.top, b.bottom) for b in cut] == [(0, 48), (0, 72), (24, 96), (48, 100), (72, 100)]
+    assert [(b.start, b.stop) for b in cut] == [(0, 30), (30, 60), (60, 90), (90, 100)]
+    assert [(b.top, b.bottom) for b in cut] == [(0, 48), (12, 84), (36, 100), (72, 100)]
+    assert [(b.start, b.stop) for b in bands(100, 30, plan, start_align=16)] == [(0, 16), (16, 32), (32, 48),
+                                                                                (48, 64), (64, 80), (80, 96), (96, 100)]
     assert get_operation("sharpen").split_for({"radius": 3.0}).halo >= 12   # OpenCV's kernel for sigma 3
 
 

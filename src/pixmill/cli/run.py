@@ -32,21 +32,28 @@ __all__ = ["run", "ops"]
               help=f"Refuse images with more pixels (default {DEFAULT_MAX_PIXELS // 1_000_000} MP).")
 def run(sources: list[Path], pipeline: Pipeline, out_dir: Path, engine: str | None, workers: int | None,
         fmt: str, quality: int, color_mode: str, max_pixels: int | None) -> None:
-    """Process image files and directories in parallel with one pipeline."""
+    """Process image files and directories in parallel with one pipeline.
+
+    A TIFF over the pixel limit (and within PIXMILL_MAX_TILED_PIXELS) is split across every worker and
+    written as a tiled BigTIFF."""
     from tqdm import tqdm
 
     from ..worker.backoff import Backoff
     from ..worker.batch import run_batch
     from ..worker.engine import make_executor
+    from ..worker.split import is_huge
 
     settings = load_settings(engine=engine, workers=workers, max_pixels=max_pixels)
-    count = min(settings.worker_count(), len(sources))
+    # One worker per file at most, unless a huge image is split across all of them.
+    huge = any(is_huge(source, settings.max_pixels) for source in sources)
+    count = settings.worker_count() if huge else min(settings.worker_count(), len(sources))
     output = Output(fmt, quality, color_mode)
     with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None) as bar, \
             make_executor(settings.engine, count, backoff=Backoff.from_settings(settings)) as executor:
         report = run_batch(sources, pipeline, output, out_dir, executor, workers=count,
                            max_pixels=settings.max_pixels, max_file_bytes=settings.max_file_bytes,
-                           on_done=lambda outcome: bar.update(1))
+                           max_tiled_pixels=settings.max_tiled_pixels,
+                           max_tiled_file_bytes=settings.max_tiled_file_bytes, on_done=lambda outcome: bar.update(1))
     ok, failed = report.succeeded, report.failed
     rate = len(sources) / report.seconds if report.seconds else 0.0
     click.echo(f"{len(ok)} of {len(sources)} images processed in {report.seconds:.2f} s "

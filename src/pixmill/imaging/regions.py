@@ -55,9 +55,10 @@ def plan_rows(pipeline: Pipeline) -> RowPlan:
     return RowPlan(halo, align)
 
 
-def bands(height: int, rows: int, plan: RowPlan) -> list[Band]:
-    """The image's rows in bands of about `rows` (a multiple of the plan's alignment), with their input rows."""
-    step, align = max(plan.align, rows // plan.align * plan.align), plan.align
+def bands(height: int, rows: int, plan: RowPlan, *, start_align: int = 1) -> list[Band]:
+    """The image's rows in bands of about `rows` (a multiple of start_align, such as the output's tiles), with
+    their input rows. A band may start anywhere: the rows read start and end on the plan's alignment."""
+    step, align = max(start_align, rows // start_align * start_align), plan.align
     out = []
     for start in range(0, height, step):
         stop = min(height, start + step)

@@ -14,7 +14,8 @@ from ..errors import PixmillError
 from ..imaging import codec, containers
 from ..imaging.pipeline import Pipeline
 from ..imaging.process import Output, Result, process
-from ..limits import read_limited
+from ..limits import DEFAULT_MAX_TILED_FILE_BYTES, DEFAULT_MAX_TILED_PIXELS, read_limited
+from . import split
 
 __all__ = ["IMAGE_SUFFIXES", "Outcome", "BatchReport", "collect_inputs", "plan_targets", "process_file", "run_batch"]
 
@@ -82,9 +83,11 @@ def plan_targets(sources: list[Path], out_dir: Path, pipeline: Pipeline, output:
 
 
 def run_batch(sources: list[Path], pipeline: Pipeline, output: Output, out_dir: Path, executor: Executor, *,
-              workers: int, max_pixels: int, max_file_bytes: int,
+              workers: int, max_pixels: int, max_file_bytes: int, max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS,
+              max_tiled_file_bytes: int = DEFAULT_MAX_TILED_FILE_BYTES,
               on_done: Callable[[Outcome], None] = lambda outcome: None) -> BatchReport:
-    """Process every source on the executor, keeping a few tasks per worker in flight."""
+    """Process every source on the executor, keeping a few tasks per worker in flight; a huge image (a TIFF
+    over max_pixels) first, split across every worker."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Absolute targets: a worker may not share this process's working directory.
@@ -95,6 +98,11 @@ def run_batch(sources: list[Path], pipeline: Pipeline, output: Output, out_dir: 
     def finish(outcome: Outcome) -> None:
         report.outcomes.append(outcome)
         on_done(outcome)
+
+    for source, target in [(s, t) for s, t in todo if split.is_huge(s, max_pixels)]:
+        todo.remove((source, target))
+        finish(_run_huge(source, target, pipeline, output, executor, workers=workers,
+                         max_tiled_pixels=max_tiled_pixels, max_tiled_file_bytes=max_tiled_file_bytes))
 
     while todo or running:
         while todo and len(running) < 2 * workers:
@@ -116,6 +124,33 @@ def run_batch(sources: list[Path], pipeline: Pipeline, output: Output, out_dir: 
     report.outcomes.sort(key=lambda o: sources.index(o.source))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _run_huge(source: Path, target: Path, pipeline: Pipeline, output: Output, executor: Executor, *,
+              workers: int, max_tiled_pixels: int, max_tiled_file_bytes: int) -> Outcome:
+    """One huge image, its bands on every worker: its outcome once every band is written."""
+    if output.format not in ("auto", "tiff"):
+        return Outcome(source, error=f"a huge image is written as a tiled TIFF: ask for format tiff or auto, "
+                                     f"not {output.format}")
+    target = target.with_suffix(".tif")
+    try:
+        plan = split.plan_huge(source, target, pipeline, workers=workers, max_tiled_pixels=max_tiled_pixels,
+                               max_tiled_file_bytes=max_tiled_file_bytes)
+        futures = split.start_huge(plan, pipeline, executor)
+    except (OSError, PixmillError) as exc:
+        return Outcome(source, error=_describe(exc))
+    except BrokenExecutor:
+        return Outcome(source, error=NOT_RUN)
+    outcomes = [_record(f, source) for f in futures]   # each band's, in order
+    failed = next((o for o in outcomes if o.error), None)
+    if failed is not None:
+        for future in futures:
+            future.cancel()
+        target.unlink(missing_ok=True)
+        return failed
+    bands = f"{len(futures)} bands" if len(futures) > 1 else "1 band"
+    notes = outcomes[0].notes + (f"split into {bands} of rows across the workers",)
+    return Outcome(source, target=target, notes=notes)
 
 
 def process_file(source: Path, target: Path, pipeline: Pipeline, output: Output, *, max_pixels: int,
