@@ -62,6 +62,8 @@ def thin_bands(monkeypatch):
     ("pixelate(block=50) | emboss", 4, np.uint8),
     ("morphology(op=close, ksize=9) | gamma(gamma=1.5)", 1, np.uint16),
     ("bilateral | colormap", 3, np.uint8),
+    ("blur | autocontrast(mode=per_channel, cutoff=4) | threshold(mode=otsu)", 3, np.uint8),
+    ("autocontrast | sharpen", 1, np.uint16),
 ])
 def test_a_huge_tiff_split_across_workers_equals_the_whole_image(tmp_path: Path, executor: Executor, spec: str,
                                                                 channels: int, dtype):
@@ -89,7 +91,7 @@ def test_small_files_beside_a_huge_one_run_as_usual(tmp_path: Path, executor: Ex
 @pytest.mark.parametrize(("spec", "fmt", "limits", "message"), [
     ("edge_detection", "auto", {}, "step 1 edge_detection cannot be split across workers for a huge image: "
                                    "Canny's hysteresis"),
-    ("blur | threshold(mode=otsu)", "auto", {}, "step 2 threshold cannot be split"),
+    ("blur | threshold(mode=triangle)", "auto", {}, "step 2 threshold cannot be split"),
     ("thumbnail(width=100, height=100)", "auto", {}, "geometry is not split across workers yet"),
     ("blur", "png", {}, "a huge image is written as a tiled TIFF: ask for format tiff or auto, not png"),
     ("blur", "auto", {"max_tiled_pixels": 400_000}, "= 0.46 MP, over the 0.4 MP limit for huge images"),

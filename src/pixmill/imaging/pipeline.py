@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,12 +85,15 @@ def parse_pipeline(spec: Any) -> Pipeline:
     return _build([_parse_json_step(item, n) for n, item in enumerate(spec, 1)])
 
 
-def run_pipeline(pipeline: Pipeline, image: np.ndarray, *, max_pixels: int | None = None
-                 ) -> tuple[np.ndarray, list[str]]:
-    """Apply each step in turn; return the image and notes on any conversions made."""
+def run_pipeline(pipeline: Pipeline, image: np.ndarray, *, max_pixels: int | None = None,
+                 override: Mapping[int, Callable[..., np.ndarray]] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Apply each step in turn; return the image and notes on any conversions made. override maps a step's
+    index to a function run in place of its operation's (with the same conversions around it): a global
+    step of a huge image, applied with the statistics of the whole (imaging.regions)."""
     notes: list[str] = []
     for n, step in enumerate(pipeline.steps, 1):
         op = get_operation(step.op)
+        apply = override.get(n - 1, op.apply) if override else op.apply
         where = f"step {n} {op.name}"
         if op.size is not None and max_pixels:
             height, width = op.size(image.shape[0], image.shape[1], step.kwargs)
@@ -101,10 +105,10 @@ def run_pipeline(pipeline: Pipeline, image: np.ndarray, *, max_pixels: int | Non
             notes.append(f"{where}: converted 16-bit to 8-bit, which this operation needs")
         try:
             if op.alpha == "split" and image.ndim == 3 and image.shape[2] == 4:
-                out = op.apply(np.ascontiguousarray(image[..., :3]), **step.kwargs)
+                out = apply(np.ascontiguousarray(image[..., :3]), **step.kwargs)
                 image = _reattach_alpha(out, image[..., 3])
             else:
-                image = op.apply(image, **step.kwargs)
+                image = apply(image, **step.kwargs)
         except (ValueError, ArithmeticError) as exc:
             raise ProcessingFailed(f"{where}: {exc}") from None
         except MemoryError:

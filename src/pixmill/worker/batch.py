@@ -140,7 +140,8 @@ def _run_huge(source: Path, target: Path, pipeline: Pipeline, output: Output, ex
     except (OSError, PixmillError) as exc:
         return Outcome(source, error=_describe(exc))
     except BrokenExecutor:
-        return Outcome(source, error=NOT_RUN)
+        target.unlink(missing_ok=True)
+        return Outcome(source, error="a worker process died while processing this image")
     outcomes = [_record(f, source) for f in futures]   # each band's, in order
     failed = next((o for o in outcomes if o.error), None)
     if failed is not None:

@@ -3,7 +3,9 @@
 An image over the single-image pixel limit and within the huge-image one (a TIFF: it can be read by
 rows) becomes an uncompressed tiled BigTIFF of the same size. The process that holds the pool creates
 the output file and hands out the bands; each worker reads its band's rows and the halo its pipeline
-needs (imaging.regions), and writes its tiles in place, so no process ever holds the whole image.
+needs (imaging.regions), and writes its tiles in place, so no process ever holds the whole image. A global
+step (autocontrast, otsu) first takes a pass in which each band returns its histogram; the sum is the
+reduction, sent with every band of the next pass.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from ..errors import ImageTooLarge, InvalidPipeline, PixmillError
 from ..imaging import bigtiff
 from ..imaging.pipeline import Pipeline, run_pipeline
-from ..imaging.regions import Band, bands, plan_rows, process_band
+from ..imaging.regions import Band, bands, gather_band, global_steps, plan_rows, process_band
 from ..limits import format_bytes
 
 __all__ = ["HugePlan", "plan_huge", "is_huge", "start_huge", "run_band", "BAND_BYTES"]
@@ -77,16 +79,28 @@ def _mp(pixels: int) -> str:
 
 
 def start_huge(plan: HugePlan, pipeline: Pipeline, executor: Executor) -> list[Future]:
-    """Create the output file and submit every band; the futures give (target, notes) as process_file's do."""
+    """Gather the statistics of each global step (a pass over the bands, their histograms summed here),
+    then create the output file and submit every band; the futures give (target, notes) as process_file's do.
+    A gathering band's error is raised here."""
+    stats: list[np.ndarray] = []
+    for _ in global_steps(pipeline):
+        shares = [executor.submit(gather_band_file, plan.source, pipeline, band, tuple(stats)) for band in plan.bands]
+        stats.append(sum(share.result() for share in shares))
     layout = bigtiff.create_tiled(plan.target, plan.info.height, plan.info.width, plan.channels,
                                   np.dtype(plan.dtype))
-    return [executor.submit(run_band, plan.source, plan.target, layout, pipeline, band) for band in plan.bands]
+    return [executor.submit(run_band, plan.source, plan.target, layout, pipeline, band, tuple(stats))
+            for band in plan.bands]
 
 
-def run_band(source: Path, target: Path, layout: bigtiff.TiledLayout, pipeline: Pipeline,
-             band: Band) -> tuple[Path, tuple[str, ...]]:
-    """In a worker: read the band's rows, process them, write the output's tiles; the target and the
-    pipeline's notes (as process_file gives them)."""
-    out, notes = process_band(pipeline, bigtiff.read_rows(source, band.top, band.bottom), band)
+def gather_band_file(source: Path, pipeline: Pipeline, band: Band, stats: tuple[np.ndarray, ...]) -> np.ndarray:
+    """In a worker: the band's share of the next global step's statistics."""
+    return gather_band(pipeline, bigtiff.read_rows(source, band.top, band.bottom), band, stats)
+
+
+def run_band(source: Path, target: Path, layout: bigtiff.TiledLayout, pipeline: Pipeline, band: Band,
+             stats: tuple[np.ndarray, ...] = ()) -> tuple[Path, tuple[str, ...]]:
+    """In a worker: read the band's rows, process them (global steps with the whole image's statistics),
+    write the output's tiles; the target and the pipeline's notes (as process_file gives them)."""
+    out, notes = process_band(pipeline, bigtiff.read_rows(source, band.top, band.bottom), band, stats)
     bigtiff.write_rows(target, layout, band.start, out)
     return target, tuple(notes)

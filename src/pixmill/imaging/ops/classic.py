@@ -60,12 +60,42 @@ _THRESHOLD = {"binary": cv2.THRESH_BINARY, "binary_inv": cv2.THRESH_BINARY_INV, 
 
 
 def threshold_split(params: dict) -> Split:
-    """Plain thresholds look at each pixel; adaptive at its block; otsu and triangle at the whole histogram."""
+    """Plain thresholds look at each pixel; adaptive at its block; otsu at the whole image's histogram."""
     if params["mode"] == "adaptive":
         return Split("neighbourhood", params["block"] // 2)
-    if params["mode"] in ("otsu", "triangle"):
-        return Split("whole", reason=f"{params['mode']} mode needs the histogram of the whole image")
+    if params["mode"] == "otsu":
+        return Split("global", gather=lambda image, p: np.bincount(to_gray(image).ravel(), minlength=256)[None],
+                     apply=lambda image, p, stats: cv2.threshold(to_gray(image), otsu_threshold(stats[0]), 255,
+                                                                 cv2.THRESH_BINARY)[1])
+    if params["mode"] == "triangle":
+        return Split("whole", reason="triangle mode needs the histogram of the whole image, and is not split yet")
     return POINT
+
+
+def otsu_threshold(histogram: np.ndarray) -> int:
+    """Otsu's threshold of a gray histogram, as OpenCV computes it (the same sums in the same order)."""
+    total = int(histogram.sum())
+    scale = 1.0 / total
+    mu = 0.0
+    for i, count in enumerate(histogram.tolist()):
+        mu += i * float(count)
+    mu *= scale
+    mu1 = q1 = max_sigma = 0.0
+    best = 0
+    epsilon = float(np.finfo(np.float32).eps)
+    for i, count in enumerate(histogram.tolist()):
+        p_i = count * scale
+        mu1 *= q1
+        q1 += p_i
+        q2 = 1.0 - q1
+        if min(q1, q2) < epsilon or max(q1, q2) > 1.0 - epsilon:
+            continue
+        mu1 = (mu1 + i * p_i) / q1
+        mu2 = (mu - q1 * mu1) / q2
+        sigma = q1 * q2 * (mu1 - mu2) * (mu1 - mu2)
+        if sigma > max_sigma:
+            max_sigma, best = sigma, i
+    return best
 
 
 @operation("threshold", "Black and white at a threshold on the gray image",

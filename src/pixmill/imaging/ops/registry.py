@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Param", "Operation", "Split", "POINT", "neighbourhood", "whole", "operation", "get_operation",
-           "operations", "catalogue"]
+__all__ = ["Param", "Operation", "Split", "POINT", "neighbourhood", "global_stats", "whole", "operation",
+           "get_operation", "operations", "catalogue"]
 
 KINDS = ("int", "float", "choice", "bool")
 
@@ -103,13 +103,18 @@ class Split:
     point: an output pixel depends on its input pixel alone. neighbourhood: on the input within `halo`
     pixels of it, so a region read with that much context around it comes out exactly as the same rows
     of the whole image (at the image's edges the region's edge is the image's, and OpenCV's borders
-    agree); the rows read then start and end at multiples of `align` (pixelate's blocks). whole: it
-    cannot be split exactly, and a huge image is refused with `reason`, never approximated."""
+    agree); the rows read then start and end at multiples of `align` (pixelate's blocks). global: each
+    region's `gather(image, params)` gives an array of counts (a histogram), their sum over the image is
+    the statistics, and `apply(image, params, stats)` is then a point step equal to the operation on the
+    whole image. whole: it cannot be split exactly, and a huge image is refused with `reason`, never
+    approximated."""
 
     kind: str
     halo: int = 0
     align: int = 1
     reason: str = ""
+    gather: Callable[[np.ndarray, dict], np.ndarray] | None = None
+    apply: Callable[[np.ndarray, dict, np.ndarray], np.ndarray] | None = None
 
 
 POINT = Split("point")
@@ -119,6 +124,12 @@ def neighbourhood(halo: Callable[[dict], int], align: Callable[[dict], int] = la
                   ) -> Callable[[dict], Split]:
     """The split of an operation that looks halo(params) pixels around each pixel."""
     return lambda params: Split("neighbourhood", halo(params), align(params))
+
+
+def global_stats(gather: Callable[[np.ndarray, dict], np.ndarray],
+                 apply: Callable[[np.ndarray, dict, np.ndarray], np.ndarray]) -> Callable[[dict], Split]:
+    """The split of an operation that needs statistics of the whole image, summed from each region's."""
+    return lambda params: Split("global", gather=gather, apply=apply)
 
 
 def whole(reason: str) -> Callable[[dict], Split]:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .classic import to_gray
-from .registry import POINT, Param, operation, whole
+from .registry import POINT, Param, global_stats, operation, whole
 
 
 def apply_curve(image: np.ndarray, curve: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -72,7 +72,16 @@ def posterize(image: np.ndarray, *, levels: int) -> np.ndarray:
 
 def stretch_bounds(channel: np.ndarray, cutoff: float) -> tuple[int, int]:
     """The values below which and above which cutoff percent of the pixels lie."""
-    cdf = np.cumsum(np.bincount(channel.ravel(), minlength=np.iinfo(channel.dtype).max + 1))
+    return bounds_of(_histogram(channel), cutoff)
+
+
+def _histogram(channel: np.ndarray) -> np.ndarray:
+    return np.bincount(channel.ravel(), minlength=np.iinfo(channel.dtype).max + 1).astype(np.int64)
+
+
+def bounds_of(histogram: np.ndarray, cutoff: float) -> tuple[int, int]:
+    """stretch_bounds from a channel's histogram."""
+    cdf = np.cumsum(histogram)
     total = cdf[-1]
     low = int(np.searchsorted(cdf, total * cutoff / 100, side="right"))
     high = int(np.searchsorted(cdf, total * (1 - cutoff / 100), side="left"))
@@ -93,12 +102,23 @@ def _stretch_lut(low: int, high: int, dtype: np.dtype) -> np.ndarray:
                  "luminance keeps the colours; per_channel also corrects a colour cast",
                  choices=("luminance", "per_channel")),
            alpha="split",
-           split=whole("it needs the histogram of the whole image"))
+           split=global_stats(lambda image, p: _autocontrast_histograms(image, p["mode"]),
+                              lambda image, p, stats: _autocontrast_with(image, p["cutoff"], p["mode"], stats)))
 def autocontrast(image: np.ndarray, *, cutoff: float, mode: str) -> np.ndarray:
+    return _autocontrast_with(image, cutoff, mode, _autocontrast_histograms(image, mode))
+
+
+def _autocontrast_histograms(image: np.ndarray, mode: str) -> np.ndarray:
+    """The histograms the stretch is made from: the gray image's, or each channel's (one row each)."""
     if mode == "luminance" or image.ndim == 2:
-        return _stretch_lut(*stretch_bounds(to_gray(image), cutoff), image.dtype)[image]
-    luts = np.stack([_stretch_lut(*stretch_bounds(np.ascontiguousarray(image[..., c]), cutoff), image.dtype)
-                     for c in range(image.shape[2])])
+        return _histogram(to_gray(image))[None]
+    return np.stack([_histogram(np.ascontiguousarray(image[..., c])) for c in range(image.shape[2])])
+
+
+def _autocontrast_with(image: np.ndarray, cutoff: float, mode: str, histograms: np.ndarray) -> np.ndarray:
+    luts = np.stack([_stretch_lut(*bounds_of(h, cutoff), image.dtype) for h in histograms])
+    if len(luts) == 1:
+        return luts[0][image]
     return luts[np.arange(image.shape[2]), image]
 
 
