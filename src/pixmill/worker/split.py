@@ -39,9 +39,15 @@ class HugePlan:
     dtype: str
 
 
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")   # classic TIFF and BigTIFF, both byte orders
+
+
 def is_huge(path: Path, max_pixels: int) -> bool:
     """Whether the file is a TIFF over the single-image pixel limit (so it would be split)."""
     try:
+        with path.open("rb") as f:
+            if f.read(4) not in TIFF_MAGIC:   # most files of a batch: no TIFF parser for them
+                return False
         info = bigtiff.tiff_info(path)
     except (OSError, PixmillError):
         return False
