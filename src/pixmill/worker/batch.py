@@ -142,16 +142,17 @@ def _run_huge(source: Path, target: Path, pipeline: Pipeline, output: Output, ex
     except BrokenExecutor:
         target.unlink(missing_ok=True)
         return Outcome(source, error="a worker process died while processing this image")
-    outcomes = [_record(f, source) for f in futures]   # each band's, in order
-    failed = next((o for o in outcomes if o.error), None)
-    if failed is not None:
-        for future in futures:
-            future.cancel()
-        target.unlink(missing_ok=True)
-        return failed
+    notes: tuple[str, ...] | None = None
+    for future in futures:   # each band's outcome, in order; the first failure stops the bands not yet begun
+        outcome = _record(future, source)
+        if outcome.error:
+            for rest in futures:
+                rest.cancel()
+            target.unlink(missing_ok=True)
+            return outcome
+        notes = outcome.notes if notes is None else notes
     bands = f"{len(futures)} bands" if len(futures) > 1 else "1 band"
-    notes = outcomes[0].notes + (f"split into {bands} of rows across the workers",)
-    return Outcome(source, target=target, notes=notes)
+    return Outcome(source, target=target, notes=(*(notes or ()), f"split into {bands} of rows across the workers"))
 
 
 def process_file(source: Path, target: Path, pipeline: Pipeline, output: Output, *, max_pixels: int,

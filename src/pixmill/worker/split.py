@@ -73,8 +73,10 @@ def plan_huge(source: Path, target: Path, pipeline: Pipeline, *, workers: int, m
     rows = min(BAND_BYTES // row_bytes, -(-info.height // (2 * workers)))
     rows = max(bigtiff.TILE, rows // bigtiff.TILE * bigtiff.TILE)
     cut = bands(info.height, rows, plan, start_align=bigtiff.TILE)  # each output tile written by one worker
-    sample = bigtiff.read_rows(source, 0, min(info.height, 2))[:, :8]
-    out, _ = run_pipeline(pipeline, sample)   # what each band gives: point and neighbourhood steps keep the size
+    # The output's samples and depth depend on the input's and the steps, not on the pixels: a tiny blank
+    # image of the same kind says what each band gives, with nothing of the file decoded here.
+    sample = np.zeros((2, 8) if info.channels == 1 else (2, 8, info.channels), info.dtype)
+    out, _ = run_pipeline(pipeline, sample)   # point, neighbourhood and global steps keep the size
     if out.shape[:2] != sample.shape[:2]:
         raise InvalidPipeline("the pipeline changes the image's size, which huge images do not support yet")
     return HugePlan(source, target, info, tuple(cut), 1 if out.ndim == 2 else out.shape[2], out.dtype.str)
